@@ -1,0 +1,127 @@
+"""The ``reroute`` command: a thin layer over library functions the tests call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from fractions import Fraction
+
+from .errors import RerouteError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def ratio_arg(text: str) -> float:
+    """Accept 0.25 as well as fractions such as 1/3 or 2/9."""
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"invalid ratio {text!r} (use a number such as 0.25 or 1/3)") from None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(Fraction(x)) for x in text.split(",") if x.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _schedule_args(p: argparse.ArgumentParser) -> None:
+    from graphs.schedule import DEFAULT_METHOD, METHODS
+
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help="routing method (default reroute)")
+    p.add_argument("--ratio", type=ratio_arg, default=0.25, help="average fraction of visual tokens per layer")
+    p.add_argument("--layers", type=_int_list, help="explicit decision layers, e.g. 2,7,15,23")
+    p.add_argument("--keep-ratios", type=_float_list, help="explicit keep ratios, one per decision layer")
+
+
+def cmd_inspect(args) -> int:
+    from .inspect_model import format_report, inspect_report
+
+    report = inspect_report(args.model, args.method, args.ratio, args.layers, args.keep_ratios,
+                            args.text_tokens, args.kv_dtype)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .generation import run_generate, save_logits, torch_backend
+
+    if args.backend != "torch":
+        from .artifact_backends import artifact_backend
+
+        if not args.artifact:
+            raise RerouteError(f"--backend {args.backend} needs --artifact DIR (an exported folder)")
+        processor, image_token_id, num_visual, backend, eos = artifact_backend(args.artifact, args.backend)
+    else:
+        if not args.model:
+            raise RerouteError("--backend torch needs --model (or give --artifact with --backend onnxruntime)")
+        loaded, backend = torch_backend(args.model, args.method, args.ratio, args.layers, args.keep_ratios)
+        processor, image_token_id, num_visual = loaded.processor, loaded.image_token_id, loaded.num_visual
+        eos = processor.tokenizer.eos_token_id
+    result, gen = run_generate(backend, processor, image_token_id, num_visual, args.image, args.prompt,
+                               args.chat, args.max_new_tokens, None if args.ignore_eos else eos)
+    if args.dump_logits:
+        save_logits(args.dump_logits, gen.prefill_logits)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(result["text"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="reroute", description="Export, compile, validate and deploy routed VLMs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("inspect", help="schedule, FLOPs and KV bytes of a routed model")
+    p.add_argument("--model", required=True, help="llava, a preset (llava-tiny, llava-bench), HF id or directory")
+    _schedule_args(p)
+    p.add_argument("--text-tokens", type=int, default=0,
+                   help="count this many text tokens too (default 0: the visual-token convention)")
+    p.add_argument("--kv-dtype", choices=["float32", "float16", "bfloat16"], help="KV dtype (default: model's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("generate", help="greedy generation for one image and prompt")
+    p.add_argument("--model", help="model spec (torch backend)")
+    p.add_argument("--artifact", help="exported folder (onnxruntime / tensorrt backends)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True, help="used verbatim; must contain one <image> (or use --chat)")
+    p.add_argument("--chat", action="store_true", help="wrap a plain question in the model's chat template")
+    _schedule_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--dump-logits", metavar="FILE.npy", help="save the prefill's last-position logits")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RerouteError as exc:
+        sys.stderr.write(f"reroute: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("reroute: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

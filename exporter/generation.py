@@ -1,0 +1,66 @@
+"""``reroute generate``: one image + prompt through a backend, greedy decoding."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from engines.generate import Generation, greedy_generate
+
+from .errors import RerouteError
+from .inputs import chat_prompt, encode, load_image
+from .inspect_model import make_schedule
+from .models import load_model
+
+MAX_NEW_TOKENS_LIMIT = 4096
+
+
+def torch_backend(model: str, method: str, ratio: float, layers=None, keep_ratios=None):
+    """(loaded model, TorchBackend) for a model spec and a schedule."""
+    from engines.torch_runner import TorchBackend
+
+    loaded = load_model(model)
+    schedule = make_schedule(loaded.config, method, ratio, layers, keep_ratios)
+    return loaded, TorchBackend(loaded, schedule)
+
+
+def check_max_new_tokens(n: int) -> None:
+    if not (1 <= n <= MAX_NEW_TOKENS_LIMIT):
+        raise RerouteError(f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {n}")
+
+
+def run_generate(backend, loaded_processor, image_token_id: int, num_visual: int, image: str, prompt: str,
+                 chat: bool, max_new_tokens: int, eos_token_id: int | None) -> tuple[dict, Generation]:
+    check_max_new_tokens(max_new_tokens)
+    picture = load_image(image)
+    text = chat_prompt(loaded_processor, prompt) if chat else prompt
+    inputs = encode(loaded_processor, [text], [picture], image_token_id, num_visual)
+    gen = greedy_generate(backend, inputs.input_ids, inputs.pixel_values, inputs.visual_start, max_new_tokens,
+                          eos_token_id)
+    tokens = gen.generated[0]
+    result = {
+        "backend": backend.name,
+        "prompt_token_ids": inputs.input_ids[0].tolist(),
+        "generated_token_ids": tokens,
+        "text": loaded_processor.tokenizer.decode(tokens, skip_special_tokens=True),
+        "selected_indices": [s[0].tolist() for s in gen.selections],
+        "kv_tokens_per_layer": gen.cache_lengths,
+    }
+    return result, gen
+
+
+def save_logits(path: str, logits: np.ndarray) -> None:
+    """Write the prefill's last-position logits atomically (temp file, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise RerouteError(f"cannot write {path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(suffix=".npy", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, logits)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,144 @@
+"""Built-in models that need no download: LLaVA-1.5's structure with seeded random weights.
+
+Both presets keep what the routing depends on: CLIP at 336 px with 14 px
+patches (576 visual tokens) and a 32-layer Llama decoder, so the paper's
+schedules apply unchanged. They ship an offline byte-fallback tokenizer and a
+CLIP image processor, so ``--prompt`` text and ``--image`` files work.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}"
+    "{{ c['text'] }}{% endif %}{% endfor %} {% elif m['role'] == 'assistant' %}ASSISTANT: "
+    "{% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+PRESETS = {
+    "llava-tiny": {
+        "text": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=32, num_attention_heads=4,
+                     num_key_value_heads=4, vocab_size=512),
+        "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        "seed": 0,
+        "description": "LLaVA-1.5 structure, tiny widths, for tests (seconds to build)",
+    },
+    "llava-bench": {
+        "text": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=32, num_attention_heads=16,
+                     num_key_value_heads=16, vocab_size=32000),
+        "vision": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
+        "seed": 0,
+        "description": "LLaVA-1.5 structure, 1024-wide decoder, for benchmarks",
+    },
+}
+
+
+def llava_config(text: dict, vision: dict, image_token_id: int, pad_token_id: int, **extra):
+    """A LlavaConfig with LLaVA-1.5's structure: CLIP 336/14, layer -2 features, Llama text model."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision_config = CLIPVisionConfig(image_size=336, patch_size=14, projection_dim=vision["hidden_size"], **vision)
+    text_config = LlamaConfig(
+        max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=pad_token_id,
+        bos_token_id=1, eos_token_id=2, **text,
+    )
+    return LlavaConfig(
+        vision_config=vision_config.to_dict(), text_config=text_config.to_dict(),
+        image_token_id=image_token_id, projector_hidden_act="gelu", vision_feature_layer=-2,
+        vision_feature_select_strategy="default", **extra,
+    )
+
+
+def build_tokenizer(vocab_size: int):
+    """An offline byte-fallback BPE tokenizer in Llama's style (``<s>`` prefix, ``▁`` for spaces)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for ch in string.printable[:95]:
+        vocab.setdefault("▁" if ch == " " else ch, len(vocab))
+    for special in ("<image>", "<pad>"):
+        vocab[special] = len(vocab)
+    while len(vocab) < vocab_size:  # unused ids so the vocabulary matches the model's lm_head
+        vocab[f"<extra_{len(vocab)}>"] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    core.normalizer = normalizers.Replace(" ", "▁")
+    core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_processor(vocab_size: int):
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+        do_center_crop=True, do_resize=True, do_normalize=True,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor, tokenizer=build_tokenizer(vocab_size), patch_size=14,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+
+def seeded_init(model: torch.nn.Module, seed: int) -> None:
+    """Deterministic random weights scaled so attention is peaked (routing has real choices to make).
+
+    Linear/conv weights ~ N(0, 1/fan_in), embeddings ~ N(0, 1); norms stay at 1/0.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in sorted(model.named_modules(), key=lambda kv: kv[0]):
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / fan_in**0.5)
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.02)
+            elif isinstance(module, torch.nn.Embedding):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen))
+        for name, param in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if name.endswith("class_embedding"):
+                param.copy_(torch.randn(param.shape, generator=gen))
+
+
+def preset_config(name: str):
+    spec = PRESETS[name]
+    vocab = spec["text"]["vocab_size"]
+    tok = build_tokenizer(vocab)
+    return llava_config(spec["text"], spec["vision"], image_token_id=tok.convert_tokens_to_ids("<image>"),
+                        pad_token_id=tok.pad_token_id)
+
+
+def build_preset(name: str):
+    """(model, processor) for a preset, fp32, eval mode, deterministic weights."""
+    from transformers import LlavaForConditionalGeneration
+
+    spec = PRESETS[name]
+    config = preset_config(name)
+    model = LlavaForConditionalGeneration(config)
+    seeded_init(model, spec["seed"])
+    return model.eval(), build_processor(spec["text"]["vocab_size"])
+
+
+def llava_15_7b_config():
+    """LLaVA-1.5-7B's config (llava-hf/llava-1.5-7b-hf), built in so inspect works offline."""
+    text = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, vocab_size=32064)
+    vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16)
+    config = llava_config(text, vision, image_token_id=32000, pad_token_id=32001)
+    config.vision_config.projection_dim = 768
+    config.dtype = "float16"
+    return config

@@ -1,0 +1,125 @@
+"""Llama decoder building blocks with explicit positions (gpt-fast style).
+
+Positions are passed per token (``[B, n]``) because routed sequences keep
+their ORIGINAL position ids: RoPE positions have gaps where tokens were
+deferred or deleted, and they differ per sample.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DecoderConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+class Rotary(nn.Module):
+    """cos/sin for arbitrary position ids, computed in fp32 like transformers does."""
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim
+        self.register_buffer("inv_freq", 1.0 / (cfg.rope_theta**exponent), persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq  # [B, n, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, n, hd]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: [B, h, n, hd]; cos/sin: [B, n, hd] -> broadcast over heads
+    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, kvh, n, hd] -> [B, kvh * groups, n, hd]; query head h uses KV head h // groups."""
+    if groups == 1:
+        return x
+    b, kvh, n, hd = x.shape
+    return x[:, :, None].expand(b, kvh, groups, n, hd).reshape(b, kvh * groups, n, hd)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.attention_bias)
+
+    def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, heads, self.cfg.head_dim).transpose(1, 2)  # [B, heads, n, hd]
+
+    def query(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return apply_rope(self._heads(self.q_proj(h), self.cfg.num_heads), cos, sin)  # [B, H, n, hd]
+
+    def key(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return apply_rope(self._heads(self.k_proj(h), self.cfg.num_kv_heads), cos, sin)  # [B, KVH, n, hd]
+
+    def forward(self, h, cos, sin, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Causal attention over the given (possibly compact) sequence, or one decode step over ``past``."""
+        q = self.query(h, cos, sin)
+        k = self.key(h, cos, sin)
+        v = self._heads(self.v_proj(h), self.cfg.num_kv_heads)  # [B, KVH, n, hd]
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)  # [B, KVH, past + n, hd]
+            v = torch.cat((past[1], v), dim=2)
+        groups = self.cfg.kv_groups
+        # Prefill: plain causal mask in compact order (order == original position order).
+        # Decode: one new token sees every cached entry, so no mask at all.
+        out = F.scaled_dot_product_attention(
+            q, repeat_kv(k, groups), repeat_kv(v, groups), is_causal=past is None
+        )  # [B, H, n, hd]
+        b, _, n, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, n, -1)  # [B, n, H * hd]
+        return self.o_proj(out), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        d, m = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(d, m, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(d, m, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(m, d, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, past=None):
+        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, past)
+        x = x + attn
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, kv

@@ -1,0 +1,110 @@
+"""Pool management: score -> select -> gather, and scatter back (SPEC section 3).
+
+These three functions are the operations that the TensorRT plugins implement.
+Eagerly they run plain torch. Under :func:`exporting_pool_ops` they emit one
+``reroute::<Op>`` ONNX node each (``torch.onnx.ops.symbolic``), whose body the
+exporter attaches as an ONNX local function built from standard ops.
+
+Sequence layout at a decision layer: ``n`` tokens, the candidate visual pool
+is the contiguous span ``[v0, v0 + P)``; a stage keeps ``k`` of them.
+The compact sequence is ``[text before, selected (ascending), text after]``,
+``n - P + k`` tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+
+DOMAIN = "reroute"
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def exporting_pool_ops():
+    """Emit custom-domain nodes instead of eager torch code (used by the ONNX exporter)."""
+    previous = getattr(_state, "export", False)
+    _state.export = True
+    try:
+        yield
+    finally:
+        _state.export = previous
+
+
+def _exporting() -> bool:
+    return getattr(_state, "export", False)
+
+
+def _as_int(v0) -> int:
+    return int(v0.reshape(-1)[0]) if isinstance(v0, torch.Tensor) else int(v0)
+
+
+def pool_scores(q_last: torch.Tensor, keys: torch.Tensor, v0: int, num_candidates: int, scale: float):
+    """Head-averaged attention of the last token over the candidate span, fp32.
+
+    q_last: [B, H, hd]; keys: [B, KVH, n, hd] (RoPE applied, whole current sequence).
+    Softmax runs over all n keys (the last token's causal row), then the row is restricted
+    to the visual span. Only this one row is ever built, never the n x n map.
+    """
+    b, h, hd = q_last.shape
+    kvh = keys.shape[1]
+    q = q_last.float().reshape(b, kvh, h // kvh, hd)  # [B, KVH, G, hd]: query head h uses KV group h // G
+    logits = torch.matmul(q, keys.float().transpose(-1, -2)) * scale  # [B, KVH, G, n]
+    probs = torch.softmax(logits, dim=-1).reshape(b, h, -1)  # [B, H, n]
+    row = probs.mean(dim=1)  # [B, n]
+    return row[:, v0 : v0 + num_candidates]  # [B, P]
+
+
+def select_top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k candidate indices, ties towards the lower index, sorted ascending. [B, P] -> [B, k]."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+    return torch.sort(order, dim=-1).values
+
+
+def pool_select(q_last, keys, v0, *, k: int, num_candidates: int, scale: float) -> torch.Tensor:
+    """Score the pool and pick ``k`` candidates: [B, k] int64, ascending, in [0, P)."""
+    if _exporting():
+        return torch.onnx.ops.symbolic(
+            f"{DOMAIN}::PoolSelect", [q_last, keys, v0],
+            {"k": k, "num_candidates": num_candidates, "scale": float(scale)},
+            dtype=torch.int64, shape=[q_last.shape[0], k], version=1,
+        )
+    return select_top(pool_scores(q_last, keys, _as_int(v0), num_candidates, scale), k)
+
+
+def compact_source_index(selected: torch.Tensor, v0, n: int, num_candidates: int) -> torch.Tensor:
+    """For each compact slot, the index of its token in the n-token sequence. [B, k] -> [B, n - P + k]."""
+    b, k = selected.shape
+    slots = torch.arange(n - num_candidates + k, device=selected.device)  # [m]
+    rel = (slots - v0).clamp(0, k - 1)  # [m] slot -> position inside the selected list
+    from_pool = v0 + torch.gather(selected, 1, rel.expand(b, -1))  # [B, m]
+    after = slots + (num_candidates - k)  # text after the span shifts by the deferred count
+    src = torch.where(slots < v0 + k, from_pool, after.expand(b, -1))
+    return torch.where(slots < v0, slots.expand(b, -1), src)  # [B, m]
+
+
+def pool_gather(x, selected, v0, *, num_candidates: int) -> torch.Tensor:
+    """Gather the compact sequence. x: [B, n, C] -> [B, n - P + k, C]."""
+    b, n, c = x.shape
+    k = selected.shape[1]
+    if _exporting():
+        return torch.onnx.ops.symbolic(
+            f"{DOMAIN}::PoolGather", [x, selected, v0], {"num_candidates": num_candidates},
+            dtype=x.dtype, shape=[b, n - num_candidates + k, c], version=1,
+        )
+    src = compact_source_index(selected, _as_int(v0), n, num_candidates)  # [B, m]
+    return torch.gather(x, 1, src[..., None].expand(-1, -1, c))
+
+
+def pool_scatter(x, compact, selected, v0, *, num_candidates: int) -> torch.Tensor:
+    """Write a stage's compact results back; deferred tokens keep their frozen state. -> [B, n, C]."""
+    b, n, c = x.shape
+    if _exporting():
+        return torch.onnx.ops.symbolic(
+            f"{DOMAIN}::PoolScatter", [x, compact, selected, v0], {"num_candidates": num_candidates},
+            dtype=x.dtype, shape=[b, n, c], version=1,
+        )
+    src = compact_source_index(selected, _as_int(v0), n, num_candidates)  # [B, m]
+    return torch.scatter(x, 1, src[..., None].expand(-1, -1, c), compact)

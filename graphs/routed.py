@@ -1,0 +1,117 @@
+"""The routed LLaVA language model: prefill with per-stage routing, decode over compact caches.
+
+Export-friendly form (SPEC section 3, "stagewise"): one gather per stage and
+one scatter back at the next decision layer; capacities are static per stage,
+there is no data-dependent Python control flow, and every layer's KV cache
+holds exactly the tokens that layer processed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import DecoderConfig
+from .layers import DecoderLayer, RMSNorm, Rotary
+from .pool import pool_gather, pool_scatter, pool_select
+from .schedule import DELETE, ROUTE, Schedule
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: ([B, KVH, n_l, hd], [B, KVH, n_l, hd])
+
+
+@dataclass
+class PrefillOutput:
+    logits: torch.Tensor  # [B, vocab], last prompt position
+    cache: KVCache
+    selections: list[torch.Tensor]  # per decision layer: [B, k_s] original visual indices, ascending
+
+
+class RoutedDecoder(nn.Module):
+    """Llama decoder + final norm + lm_head, routed by a fixed :class:`Schedule`."""
+
+    def __init__(self, cfg: DecoderConfig, schedule: Schedule):
+        super().__init__()
+        if schedule.num_layers != cfg.num_layers:
+            raise ValueError(f"schedule is for {schedule.num_layers} layers, model has {cfg.num_layers}")
+        self.cfg = cfg
+        self.schedule = schedule
+        self.rotary = Rotary(cfg)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self._stage_at = {layer: s for s, layer in enumerate(schedule.layers)}
+
+    @classmethod
+    def from_hf(cls, hf_model, cfg: DecoderConfig, schedule: Schedule) -> "RoutedDecoder":
+        """Share (not copy) the parameters of a transformers ``LlavaForConditionalGeneration``."""
+        lm = hf_model.model.language_model
+        with torch.device("meta"):
+            model = cls(cfg, schedule)
+        model.load_state_dict(_decoder_state(lm, hf_model.lm_head), assign=True, strict=True)
+        model.rotary = Rotary(cfg)  # the buffer was created on meta
+        return model.to(dtype=hf_model.lm_head.weight.dtype).eval()
+
+    def _score_and_gather(self, layer: DecoderLayer, full, full_pos, v0, stage: int):
+        """Score the pool at a decision layer, pick k_s, gather the compact sequence."""
+        sch, attn = self.schedule, layer.self_attn
+        candidates = sch.candidates(stage)
+        h = layer.input_layernorm(full)
+        cos, sin = self.rotary(full_pos, h.dtype)  # ORIGINAL positions
+        q_last = attn.query(h[:, -1:], cos[:, -1:], sin[:, -1:])[:, :, 0]  # [B, H, hd]
+        keys = attn.key(h, cos, sin)  # [B, KVH, n, hd]
+        selected = pool_select(
+            q_last, keys, v0, k=sch.k[stage], num_candidates=candidates, scale=self.cfg.head_dim**-0.5
+        )  # [B, k_s]
+        x = pool_gather(full, selected, v0, num_candidates=candidates)  # [B, n - P + k_s, d]
+        x_pos = pool_gather(full_pos[..., None], selected, v0, num_candidates=candidates)[..., 0]
+        return selected, x, x_pos
+
+    def prefill(self, inputs_embeds: torch.Tensor, visual_start) -> PrefillOutput:
+        """inputs_embeds: [B, T, d] with the visual span at [visual_start, visual_start + N_v)."""
+        sch = self.schedule
+        b, t, _ = inputs_embeds.shape
+        x = inputs_embeds
+        x_pos = torch.arange(t, device=x.device).expand(b, t)  # [B, T]
+        full = full_pos = selected = None
+        selections: list[torch.Tensor] = []
+        cache: KVCache = []
+        for i, layer in enumerate(self.layers):
+            stage = self._stage_at.get(i)
+            if stage is not None:
+                if stage > 0 and sch.action == ROUTE:
+                    # scatter the stage's results back into the pool; deferred tokens stay frozen
+                    full = pool_scatter(full, x, selected, visual_start, num_candidates=sch.num_visual)
+                else:  # first decision, or deletion: the current sequence is the new candidate set
+                    full, full_pos = x, x_pos
+                selected, x, x_pos = self._score_and_gather(layer, full, full_pos, visual_start, stage)
+                if sch.action == DELETE and stage > 0:
+                    # survivors are indexed within the previous survivors: map back to original indices
+                    selections.append(torch.gather(selections[-1], 1, selected))
+                else:
+                    selections.append(selected)
+            cos, sin = self.rotary(x_pos, x.dtype)
+            x, kv = layer(x, cos, sin)
+            cache.append(kv)
+        logits = self.lm_head(self.norm(x[:, -1:]))[:, 0]  # [B, vocab]; the last token is always text
+        return PrefillOutput(logits, cache, selections)
+
+    def decode_step(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache):
+        """One greedy step. inputs_embeds: [B, 1, d]; positions: [B, 1] original position of the new token."""
+        x = inputs_embeds
+        cos, sin = self.rotary(positions, x.dtype)
+        new_cache: KVCache = []
+        for layer, past in zip(self.layers, cache):
+            x, kv = layer(x, cos, sin, past)
+            new_cache.append(kv)
+        logits = self.lm_head(self.norm(x))[:, 0]  # [B, vocab]
+        return logits, new_cache
+
+
+def _decoder_state(language_model, lm_head) -> dict:
+    state = {f"layers.{k[len('layers.'):]}": v for k, v in language_model.state_dict(keep_vars=True).items()
+             if k.startswith("layers.")}
+    state["norm.weight"] = language_model.norm.weight
+    state["lm_head.weight"] = lm_head.weight
+    return state
