@@ -64,15 +64,15 @@ def cmd_generate(args) -> int:
 
         if not args.artifact:
             raise RerouteError(f"--backend {args.backend} needs --artifact DIR (an exported folder)")
-        processor, image_token_id, num_visual, backend, eos = artifact_backend(args.artifact, args.backend)
+        processor, image_token_id, num_visual, backend, eos, artifact = artifact_backend(args.artifact, args.backend)
     else:
         if not args.model:
             raise RerouteError("--backend torch needs --model (or give --artifact with --backend onnxruntime)")
         loaded, backend = torch_backend(args.model, args.method, args.ratio, args.layers, args.keep_ratios)
         processor, image_token_id, num_visual = loaded.processor, loaded.image_token_id, loaded.num_visual
-        eos = processor.tokenizer.eos_token_id
+        eos, artifact = processor.tokenizer.eos_token_id, None
     result, gen = run_generate(backend, processor, image_token_id, num_visual, args.image, args.prompt,
-                               args.chat, args.max_new_tokens, None if args.ignore_eos else eos)
+                               args.chat, args.max_new_tokens, None if args.ignore_eos else eos, artifact)
     if args.dump_logits:
         save_logits(args.dump_logits, gen.prefill_logits)
     if args.json:
@@ -80,6 +80,32 @@ def cmd_generate(args) -> int:
     else:
         print(result["text"])
     return 0
+
+
+def cmd_export(args) -> int:
+    from .onnx_export import export_artifact
+    from .parity import format_report
+
+    path, report = export_artifact(args.model, args.method, args.ratio, args.out, args.dtype, args.force,
+                                   args.layers, args.keep_ratios, args.max_batch, args.max_sequence,
+                                   args.parity_samples, args.quiet)
+    print(f"exported {path}")
+    if report is not None:
+        print(format_report(report))
+        return 0 if report["passed"] else 1
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from .parity import format_report, run_parity, write_report
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    report = run_parity(args.artifact, backends, args.samples, args.steps,
+                        save_run_results=args.save_run_results, plugins=not args.no_plugins)
+    if args.report:
+        write_report(report, args.report)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["passed"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--dump-logits", metavar="FILE.npy", help="save the prefill's last-position logits")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="export ONNX graphs (vision, embed, prefill, decode) + manifest")
+    p.add_argument("--model", required=True)
+    _schedule_args(p)
+    p.add_argument("--out", help="output folder (default artifacts/<model>-<method>-r<ratio>)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--max-batch", type=int, default=4, help="largest batch the artifact accepts")
+    p.add_argument("--max-sequence", type=int, help="prompt + generated tokens capacity (default min(2048, model))")
+    p.add_argument("--parity-samples", type=int, default=2, help="samples for the closing parity report (0: skip)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("parity", help="compare backends against the PyTorch reference")
+    p.add_argument("artifact")
+    p.add_argument("--backends", default="torch,onnxruntime")
+    p.add_argument("--samples", type=int, default=10)
+    p.add_argument("--steps", type=int, default=32, help="greedy decode steps compared")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--report", help="also write the JSON report to this file")
+    p.add_argument("--save-run-results", metavar="DIR", help="save Polygraphy RunResults JSON per graph")
+    p.add_argument("--no-plugins", action="store_true", help="TensorRT: use the no-plugin engines")
+    p.set_defaults(func=cmd_parity)
     return parser
 
 

@@ -32,11 +32,14 @@ def check_max_new_tokens(n: int) -> None:
 
 
 def run_generate(backend, loaded_processor, image_token_id: int, num_visual: int, image: str, prompt: str,
-                 chat: bool, max_new_tokens: int, eos_token_id: int | None) -> tuple[dict, Generation]:
+                 chat: bool, max_new_tokens: int, eos_token_id: int | None,
+                 artifact=None) -> tuple[dict, Generation]:
     check_max_new_tokens(max_new_tokens)
     picture = load_image(image)
     text = chat_prompt(loaded_processor, prompt) if chat else prompt
     inputs = encode(loaded_processor, [text], [picture], image_token_id, num_visual)
+    if artifact is not None:
+        artifact.check_request(*inputs.input_ids.shape, max_new_tokens)
     gen = greedy_generate(backend, inputs.input_ids, inputs.pixel_values, inputs.visual_start, max_new_tokens,
                           eos_token_id)
     tokens = gen.generated[0]

@@ -1,9 +1,10 @@
 """Pool management: score -> select -> gather, and scatter back (SPEC section 3).
 
-These three functions are the operations that the TensorRT plugins implement.
-Eagerly they run plain torch. Under :func:`exporting_pool_ops` they emit one
-``reroute::<Op>`` ONNX node each (``torch.onnx.ops.symbolic``), whose body the
-exporter attaches as an ONNX local function built from standard ops.
+These three operations are what the TensorRT plugins implement. Eagerly they
+run plain torch; exported (TorchScript ONNX exporter) each becomes one
+``reroute::<Op>`` node through its ``symbolic``, and the exporter attaches the
+body as an ONNX local function made of standard ops (engines/onnx_functions.py),
+so ONNX Runtime runs the file as it is and TensorRT can swap in plugins.
 
 Sequence layout at a decision layer: ``n`` tokens, the candidate visual pool
 is the contiguous span ``[v0, v0 + P)``; a stage keeps ``k`` of them.
@@ -13,28 +14,9 @@ The compact sequence is ``[text before, selected (ascending), text after]``,
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import torch
 
 DOMAIN = "reroute"
-_state = threading.local()
-
-
-@contextlib.contextmanager
-def exporting_pool_ops():
-    """Emit custom-domain nodes instead of eager torch code (used by the ONNX exporter)."""
-    previous = getattr(_state, "export", False)
-    _state.export = True
-    try:
-        yield
-    finally:
-        _state.export = previous
-
-
-def _exporting() -> bool:
-    return getattr(_state, "export", False)
 
 
 def _as_int(v0) -> int:
@@ -63,17 +45,6 @@ def select_top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(order, dim=-1).values
 
 
-def pool_select(q_last, keys, v0, *, k: int, num_candidates: int, scale: float) -> torch.Tensor:
-    """Score the pool and pick ``k`` candidates: [B, k] int64, ascending, in [0, P)."""
-    if _exporting():
-        return torch.onnx.ops.symbolic(
-            f"{DOMAIN}::PoolSelect", [q_last, keys, v0],
-            {"k": k, "num_candidates": num_candidates, "scale": float(scale)},
-            dtype=torch.int64, shape=[q_last.shape[0], k], version=1,
-        )
-    return select_top(pool_scores(q_last, keys, _as_int(v0), num_candidates, scale), k)
-
-
 def compact_source_index(selected: torch.Tensor, v0, n: int, num_candidates: int) -> torch.Tensor:
     """For each compact slot, the index of its token in the n-token sequence. [B, k] -> [B, n - P + k]."""
     b, k = selected.shape
@@ -85,26 +56,56 @@ def compact_source_index(selected: torch.Tensor, v0, n: int, num_candidates: int
     return torch.where(slots < v0, slots.expand(b, -1), src)  # [B, m]
 
 
+class _PoolSelect(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_last, keys, v0, k, num_candidates, scale):
+        return select_top(pool_scores(q_last, keys, _as_int(v0), num_candidates, scale), k)
+
+    @staticmethod
+    def symbolic(g, q_last, keys, v0, k, num_candidates, scale):
+        out = g.op(f"{DOMAIN}::PoolSelect", q_last, keys, v0, k_i=k, num_candidates_i=num_candidates,
+                   scale_f=scale)
+        out.setType(v0.type().with_dtype(torch.int64).with_sizes([None, k]))  # [B, k]
+        return out
+
+
+class _PoolGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, selected, v0, num_candidates):
+        src = compact_source_index(selected, _as_int(v0), x.shape[1], num_candidates)  # [B, m]
+        return torch.gather(x, 1, src[..., None].expand(-1, -1, x.shape[2]))
+
+    @staticmethod
+    def symbolic(g, x, selected, v0, num_candidates):
+        out = g.op(f"{DOMAIN}::PoolGather", x, selected, v0, num_candidates_i=num_candidates)
+        sizes = x.type().varyingSizes() or [None] * 3
+        out.setType(x.type().with_sizes([None, None, sizes[2]]))  # [B, n - P + k, C]
+        return out
+
+
+class _PoolScatter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, compact, selected, v0, num_candidates):
+        src = compact_source_index(selected, _as_int(v0), x.shape[1], num_candidates)  # [B, m]
+        return torch.scatter(x, 1, src[..., None].expand(-1, -1, x.shape[2]), compact)
+
+    @staticmethod
+    def symbolic(g, x, compact, selected, v0, num_candidates):
+        out = g.op(f"{DOMAIN}::PoolScatter", x, compact, selected, v0, num_candidates_i=num_candidates)
+        out.setType(x.type())  # [B, n, C]
+        return out
+
+
+def pool_select(q_last, keys, v0, *, k: int, num_candidates: int, scale: float) -> torch.Tensor:
+    """Score the pool and pick ``k`` candidates: [B, k] int64, ascending, in [0, P)."""
+    return _PoolSelect.apply(q_last, keys, v0, k, num_candidates, float(scale))
+
+
 def pool_gather(x, selected, v0, *, num_candidates: int) -> torch.Tensor:
     """Gather the compact sequence. x: [B, n, C] -> [B, n - P + k, C]."""
-    b, n, c = x.shape
-    k = selected.shape[1]
-    if _exporting():
-        return torch.onnx.ops.symbolic(
-            f"{DOMAIN}::PoolGather", [x, selected, v0], {"num_candidates": num_candidates},
-            dtype=x.dtype, shape=[b, n - num_candidates + k, c], version=1,
-        )
-    src = compact_source_index(selected, _as_int(v0), n, num_candidates)  # [B, m]
-    return torch.gather(x, 1, src[..., None].expand(-1, -1, c))
+    return _PoolGather.apply(x, selected, v0, num_candidates)
 
 
 def pool_scatter(x, compact, selected, v0, *, num_candidates: int) -> torch.Tensor:
     """Write a stage's compact results back; deferred tokens keep their frozen state. -> [B, n, C]."""
-    b, n, c = x.shape
-    if _exporting():
-        return torch.onnx.ops.symbolic(
-            f"{DOMAIN}::PoolScatter", [x, compact, selected, v0], {"num_candidates": num_candidates},
-            dtype=x.dtype, shape=[b, n, c], version=1,
-        )
-    src = compact_source_index(selected, _as_int(v0), n, num_candidates)  # [B, m]
-    return torch.scatter(x, 1, src[..., None].expand(-1, -1, c), compact)
+    return _PoolScatter.apply(x, compact, selected, v0, num_candidates)

@@ -1,0 +1,139 @@
+"""ONNX local-function bodies for the ``reroute`` pool ops, built from standard ops (opset 18).
+
+ONNX Runtime inlines model-local functions at load, so an exported file with
+``reroute::PoolSelect`` nodes runs as it is. TensorRT's parser would inline
+them too; the plugin pass (engines/plugin_graph.py) drops these bodies and
+points the nodes at plugins instead.
+
+Inputs (all ops): ``visual_start`` is int64 [1], the first candidate's index.
+- PoolSelect(q_last [B,H,hd], keys [B,KVH,n,hd], visual_start) -> selected [B,k] int64
+  attrs: k, num_candidates (P), scale. Softmax of the last token's row (fp32),
+  mean over heads, restricted to [v0, v0+P), TopK (ties -> lower index),
+  indices sorted ascending.
+- PoolGather(x [B,n,C], selected, visual_start) -> [B, n-P+k, C]
+- PoolScatter(x [B,n,C], compact [B,n-P+k,C], selected, visual_start) -> [B,n,C]
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+DOMAIN = "reroute"
+OPSET = 18
+OPSET_IMPORTS = [helper.make_opsetid("", OPSET)]
+
+
+class _Body:
+    """Tiny node-list builder: each call appends one node and returns its output name."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self._count = 0
+
+    def __call__(self, op: str, *inputs: str, n_out: int = 1, **attrs):
+        self._count += 1
+        outs = [f"t{self._count}_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, list(inputs), outs, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const_ints(self, *values: int) -> str:
+        return self("Constant", value=helper.make_tensor("c", TensorProto.INT64, [len(values)], list(values)))
+
+    def attr_int(self, attr: str) -> str:
+        """A [1] int64 tensor holding the function attribute ``attr``."""
+        node = helper.make_node("Constant", [], [f"a_{attr}_{self._count}"])
+        node.attribute.append(helper.make_attribute_ref("value_int", onnx.AttributeProto.INT))
+        node.attribute[-1].ref_attr_name = attr
+        self.nodes.append(node)
+        self._count += 1
+        return self("Reshape", node.output[0], self.const_ints(1))
+
+    def attr_float(self, attr: str) -> str:
+        node = helper.make_node("Constant", [], [f"a_{attr}_{self._count}"])
+        node.attribute.append(helper.make_attribute_ref("value_float", onnx.AttributeProto.FLOAT))
+        node.attribute[-1].ref_attr_name = attr
+        self.nodes.append(node)
+        self._count += 1
+        return node.output[0]
+
+    def dim(self, tensor: str, axis: int) -> str:
+        """Shape(tensor)[axis] as a [1] int64 tensor."""
+        return self("Shape", tensor, start=axis, end=axis + 1)
+
+
+def _compact_source_index(f: _Body, selected: str, n: str, k: str, p: str, batch: str, v0: str) -> str:
+    """[B, n - P + k] int64: for each compact slot, its index in the n-token sequence."""
+    zero, one = f.const_ints(0), f.const_ints(1)
+    m = f("Add", f("Sub", n, p), k)
+    slots = f("Range", f("Squeeze", zero), f("Squeeze", m), f("Squeeze", one))  # [m]
+    rel = f("Clip", f("Sub", slots, v0), f("Squeeze", zero), f("Squeeze", f("Sub", k, one)))  # [m]
+    rel_b = f("Expand", f("Unsqueeze", rel, zero), f("Concat", batch, m, axis=0))  # [B, m]
+    from_pool = f("Add", f("GatherElements", selected, rel_b, axis=1), v0)
+    after = f("Add", slots, f("Sub", p, k))  # text after the span shifts by the deferred count
+    src = f("Where", f("Less", slots, f("Add", v0, k)), from_pool, after)
+    return f("Where", f("Less", slots, v0), slots, src)  # [B, m]
+
+
+def _index_nodes(f: _Body, x: str, selected: str, v0: str) -> tuple[str, str]:
+    """(expanded gather/scatter index [B, m, C], C) for x [B, n, C] and selected [B, k]."""
+    n, k, batch, c = f.dim(x, 1), f.dim(selected, 1), f.dim(x, 0), f.dim(x, 2)
+    p = f.attr_int("num_candidates")
+    src = _compact_source_index(f, selected, n, k, p, batch, v0)
+    index = f("Expand", f("Unsqueeze", src, f.const_ints(-1)), f("Concat", batch, f.dim(src, 1), c, axis=0))
+    return index, c
+
+
+def _make(name: str, inputs: list[str], outputs: list[str], attrs: list[str], f: _Body) -> onnx.FunctionProto:
+    return helper.make_function(DOMAIN, name, inputs, outputs, f.nodes, OPSET_IMPORTS, attrs)
+
+
+def pool_select_function() -> onnx.FunctionProto:
+    f = _Body()
+    q, keys, v0 = "q_last", "keys", "visual_start"
+    q32, k32 = f("Cast", q, to=TensorProto.FLOAT), f("Cast", keys, to=TensorProto.FLOAT)
+    # [B, H, hd] -> [B, KVH, G, hd]: query head h uses KV group h // G
+    q4 = f("Reshape", q32, f("Concat", f.const_ints(0), f.dim(keys, 1), f.const_ints(-1), f.dim(q, 2), axis=0))
+    logits = f("Mul", f("MatMul", q4, f("Transpose", k32, perm=[0, 1, 3, 2])), f.attr_float("scale"))  # [B,KVH,G,n]
+    probs = f("Softmax", logits, axis=-1)
+    probs = f("Reshape", probs, f("Concat", f.const_ints(0, -1), f.dim(keys, 2), axis=0))  # [B, H, n]
+    row = f("ReduceMean", probs, f.const_ints(1), keepdims=0)  # [B, n]
+    span = f("Slice", row, v0, f("Add", v0, f.attr_int("num_candidates")), f.const_ints(1))  # [B, P]
+    k = f.attr_int("k")
+    _, top = f("TopK", span, k, n_out=2, axis=-1, largest=1, sorted=1)  # ties -> lower index (ONNX spec)
+    # sort the chosen indices ascending: TopK of the negated indices (exact in fp32 below 2^24)
+    neg = f("Neg", f("Cast", top, to=TensorProto.FLOAT))
+    asc, _ = f("TopK", neg, k, n_out=2, axis=-1, largest=1, sorted=1)
+    f("Cast", f("Neg", asc), to=TensorProto.INT64)
+    f.nodes[-1].output[0] = "selected"
+    return _make("PoolSelect", [q, keys, v0], ["selected"], ["k", "num_candidates", "scale"], f)
+
+
+def pool_gather_function() -> onnx.FunctionProto:
+    f = _Body()
+    index, _ = _index_nodes(f, "x", "selected", "visual_start")
+    f("GatherElements", "x", index, axis=1)
+    f.nodes[-1].output[0] = "compact"
+    return _make("PoolGather", ["x", "selected", "visual_start"], ["compact"], ["num_candidates"], f)
+
+
+def pool_scatter_function() -> onnx.FunctionProto:
+    f = _Body()
+    index, _ = _index_nodes(f, "x", "selected", "visual_start")
+    f("ScatterElements", "x", index, "compact", axis=1)
+    f.nodes[-1].output[0] = "out"
+    return _make("PoolScatter", ["x", "compact", "selected", "visual_start"], ["out"], ["num_candidates"], f)
+
+
+def pool_functions() -> list[onnx.FunctionProto]:
+    return [pool_select_function(), pool_gather_function(), pool_scatter_function()]
+
+
+def attach_pool_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Add the function bodies and the ``reroute`` opset import to a model that uses the ops."""
+    used = {n.op_type for n in model.graph.node if n.domain == DOMAIN}
+    del model.functions[:]
+    model.functions.extend(fn for fn in pool_functions() if fn.name in used)
+    if used and not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return model

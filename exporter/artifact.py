@@ -1,0 +1,100 @@
+"""The artifact folder: manifest, sha256 verification, and the checks every loader runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from graphs.config import DecoderConfig
+from graphs.schedule import Schedule
+
+from .errors import RerouteError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+GRAPHS = ("vision", "embed", "prefill", "decode")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    root: Path
+    manifest: dict
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule.from_dict(self.manifest["schedule"])
+
+    @property
+    def decoder_config(self) -> DecoderConfig:
+        return DecoderConfig(**self.manifest["model"]["decoder"])
+
+    @property
+    def dtype(self) -> str:
+        return self.manifest["dtype"]
+
+    def graph_path(self, name: str) -> Path:
+        return self.root / self.manifest["graphs"][name]["file"]
+
+    @property
+    def capacity(self) -> dict:
+        return self.manifest["capacity"]
+
+    def check_request(self, batch: int, prompt_len: int, max_new_tokens: int) -> None:
+        """Refuse a batch or a length the graphs were not exported for (one-line errors)."""
+        cap = self.capacity
+        if batch > cap["max_batch"]:
+            raise RerouteError(f"batch {batch} exceeds the exported max batch {cap['max_batch']} ({self.root})")
+        if prompt_len + max_new_tokens > cap["max_sequence"]:
+            raise RerouteError(
+                f"prompt of {prompt_len} tokens + {max_new_tokens} new tokens exceeds the exported capacity of "
+                f"{cap['max_sequence']} tokens ({self.root}); re-export with a larger --max-sequence"
+            )
+
+    def processor(self):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(self.root / self.manifest["processor_dir"], local_files_only=True)
+
+
+def open_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise RerouteError(f"artifact folder not found: {root}")
+    if not manifest_path.is_file():
+        raise RerouteError(f"{manifest_path} is missing: not an exported artifact")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RerouteError(f"{manifest_path} is not valid JSON: {exc}") from None
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise RerouteError(f"{manifest_path} has no format_version")
+    if version > FORMAT_VERSION:
+        raise RerouteError(
+            f"{manifest_path} has format version {version}, newer than this reroute understands "
+            f"({FORMAT_VERSION}); upgrade reroute"
+        )
+    if verify:
+        verify_files(root, manifest)
+    return Artifact(root, manifest)
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    for rel, expected in manifest.get("files", {}).items():
+        path = root / rel
+        if not path.is_file():
+            raise RerouteError(f"{path} is missing from the artifact")
+        if sha256_file(path) != expected:
+            raise RerouteError(f"{path} is corrupt or modified (sha256 does not match the manifest)")

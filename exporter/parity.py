@@ -1,0 +1,256 @@
+"""``reroute parity``: every backend against the PyTorch reference, routing decisions included.
+
+Step 1 runs the graphs through Polygraphy's ``Comparator`` (our CPU torch
+runner beside ``OnnxrtRunner`` and, on GPU servers, Polygraphy's ``TrtRunner``)
+on feeds made from synthetic images and prompts; the RunResults can be saved as
+JSON (``--save-run-results``). Step 2 compares them per output with the
+family's per-dtype tolerance, ``|a - b| <= atol + rtol * |b|`` (routing indices
+exactly), then checks greedy-token agreement over a number of decode steps.
+(Polygraphy's own ``compare_accuracy`` computes quantiles and formats arrays
+per output: 20 s for 10 samples of a 32-layer graph, so step 2 is ours.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from engines.generate import greedy_generate
+
+from .artifact import GRAPHS, Artifact, open_artifact
+from .errors import ParityFailure, RerouteError
+from .inputs import encode
+from .registry import FAMILIES
+from .samples import sample
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def tolerances(artifact: Artifact) -> dict:
+    family = FAMILIES[artifact.manifest["model"]["family"]]
+    return family.tolerances[artifact.dtype]
+
+
+def _reference_model(artifact: Artifact, loaded):
+    from .models import load_model
+
+    if loaded is not None:
+        return loaded
+    spec = artifact.manifest["model"]
+    source = spec["spec"] if spec["source"].startswith("preset:") else spec["source"]
+    return load_model(source)
+
+
+def make_backend(name: str, artifact: Artifact, loaded=None, plugins: bool = True):
+    import torch
+
+    if name == "torch":
+        from engines.torch_runner import TorchBackend
+
+        return TorchBackend(_reference_model(artifact, loaded), artifact.schedule, getattr(torch, artifact.dtype))
+    if name == "onnxruntime":
+        from engines.ort_runner import OrtBackend
+
+        return OrtBackend(artifact)
+    if name == "tensorrt":
+        from engines.trt_runner import TrtBackend
+
+        return TrtBackend(artifact, plugins=plugins)
+    raise RerouteError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _encode_samples(artifact: Artifact, processor, count: int):
+    model = artifact.manifest["model"]
+    return [encode(processor, [p], [img], model["image_token_id"], model["num_visual"])
+            for p, img in (sample(i) for i in range(count))]
+
+
+def _graph_feeds(reference, inputs_list) -> dict[str, list[dict]]:
+    """Feeds for each graph, made by the torch reference so every backend sees identical inputs."""
+    feeds = {g: [] for g in GRAPHS}
+    for inputs in inputs_list:
+        feats = reference.vision(inputs.pixel_values)
+        embeds = reference.embed(inputs.input_ids, feats)
+        pre = reference.prefill(embeds, inputs.visual_start)
+        token = np.argmax(pre.logits, -1)[:, None].astype(np.int64)
+        step = reference.embed(token, feats[:, :0])
+        feeds["vision"].append({"pixel_values": inputs.pixel_values})
+        feeds["embed"].append({"input_ids": inputs.input_ids, "image_features": feats})
+        feeds["prefill"].append({"inputs_embeds": embeds,
+                                 "visual_start": np.array([inputs.visual_start], dtype=np.int64)})
+        decode = {"inputs_embeds": step, "position_ids": np.array([[inputs.input_ids.shape[1]]], dtype=np.int64)}
+        for i, (k, v) in enumerate(reference.cache_arrays(pre.cache)):
+            decode[f"past_key_values.{i}.key"], decode[f"past_key_values.{i}.value"] = k, v
+        feeds["decode"].append(decode)
+    return feeds
+
+
+def _graph_runners(graph: str, backends: dict, reference_modules: dict, artifact: Artifact):
+    from engines.runners import TorchGraphRunner
+
+    runners = []
+    for name, backend in backends.items():
+        if name == "torch":
+            spec = artifact.manifest["graphs"][graph]["inputs"]
+            runners.append(TorchGraphRunner(reference_modules[graph], spec, name=f"torch-{graph}"))
+        else:
+            runners.append(backend.comparator_runner(graph))
+    return runners
+
+
+def _stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float, bool]:
+    """(max abs error, max rel error, shapes equal) of output ``a`` against reference ``b``."""
+    if a.shape != b.shape:
+        return float("inf"), float("inf"), False
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    diff = np.abs(a64 - b64)
+    rel = diff / np.maximum(np.abs(b64), 1e-6)
+    return float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), True
+
+
+def _within(a: np.ndarray, b: np.ndarray, atol: float, rtol: float) -> bool:
+    """Elementwise |a - b| <= atol + rtol * |b| (numpy.allclose's rule); routing indices use atol = rtol = 0."""
+    return a.shape == b.shape and bool(np.allclose(a.astype(np.float64), b.astype(np.float64), rtol=rtol, atol=atol))
+
+
+def compare_graph(run_results, tol: dict, names: list[str]) -> dict:
+    """Step 2 on Polygraphy RunResults: per backend and output, max abs / rel error over all feeds and
+    pass/fail against the dtype's tolerance (routing indices must be identical).
+    ``names``: backends, the torch reference first."""
+    (_, ref_runs), *others = list(run_results.items())
+    result = {}
+    for name, (_, runs) in zip(names[1:], others):
+        for out in ref_runs[0].keys():
+            exact = out.startswith("routing.")
+            atol, rtol = (0.0, 0.0) if exact else (tol["atol"], tol["rtol"])
+            stats = [_stats(r[out], ref[out]) for r, ref in zip(runs, ref_runs)]
+            result.setdefault(name, {})[out] = {
+                "max_abs": max(s[0] for s in stats), "max_rel": max(s[1] for s in stats),
+                "passed": all(_within(r[out], ref[out], atol, rtol) for r, ref in zip(runs, ref_runs)),
+            }
+    return result
+
+
+def run_parity(path, backends=("torch", "onnxruntime"), samples: int = 10, steps: int = 32, loaded=None,
+               save_run_results: str | None = None, plugins: bool = True) -> dict:
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
+    backends = list(dict.fromkeys(backends))
+    if "torch" not in backends:
+        backends.insert(0, "torch")
+    if len(backends) < 2:
+        raise RerouteError("parity needs at least one backend besides torch")
+    if samples < 1 or steps < 1:
+        raise RerouteError("--samples and --steps must be >= 1")
+    artifact = open_artifact(path)
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    tol = tolerances(artifact)
+    loaded = _reference_model(artifact, loaded)
+    live = {name: make_backend(name, artifact, loaded, plugins) for name in backends}
+    reference = live["torch"]
+    processor = artifact.processor()
+    inputs_list = _encode_samples(artifact, processor, samples)
+    feeds = _graph_feeds(reference, inputs_list)
+    from .onnx_export import build_graph_modules
+
+    modules = build_graph_modules(loaded, artifact.schedule, reference.dtype)
+    graphs_report, all_results = {}, {}
+    for graph in GRAPHS:
+        runners = _graph_runners(graph, live, modules, artifact)
+        results = Comparator.run(runners, data_loader=feeds[graph])
+        all_results[graph] = results
+        graphs_report[graph] = compare_graph(results, tol, list(live))
+    if save_run_results:
+        _save_run_results(all_results, save_run_results)
+    routing = _routing_agreement(all_results["prefill"], artifact, list(live))
+    try:
+        tokens = _token_agreement(live, inputs_list, steps)
+    finally:
+        for backend in live.values():
+            if hasattr(backend, "close"):
+                backend.close()
+    passed = (all(o["passed"] for g in graphs_report.values() for b in g.values() for o in b.values())
+              and all(r["agree"] == r["of"] for b in routing.values() for r in b.values())
+              and all(t["identical"] == t["of"] for t in tokens.values()))
+    return {
+        "artifact": str(Path(path).resolve()), "dtype": artifact.dtype, "method": artifact.manifest["method"],
+        "ratio": artifact.manifest["ratio"], "backends": backends, "samples": samples, "steps": steps,
+        "tolerance": {**tol, "routing": "identical index sets", "tokens": "identical greedy sequences"},
+        "graphs": graphs_report, "routing": routing, "tokens": tokens, "passed": passed,
+    }
+
+
+def _save_run_results(results: dict, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    for graph, run_results in results.items():
+        run_results.save(os.path.join(directory, f"{graph}.json"))
+
+
+def _routing_agreement(run_results, artifact: Artifact, names: list[str]) -> dict:
+    (_, ref_runs), *others = list(run_results.items())
+    layers = artifact.schedule.layers
+    report = {}
+    for name, (_, runs) in zip(names[1:], others):
+        per_layer = {}
+        for s, layer in enumerate(layers):
+            key = f"routing.{s}.indices"
+            agree = sum(np.array_equal(np.sort(r[key], -1), np.sort(ref[key], -1)) for r, ref in zip(runs, ref_runs))
+            per_layer[f"layer {layer}"] = {"agree": int(agree), "of": len(runs)}
+        report[name] = per_layer
+    return report
+
+
+def _token_agreement(live: dict, inputs_list, steps: int) -> dict:
+    reference = live["torch"]
+    expected = [greedy_generate(reference, x.input_ids, x.pixel_values, x.visual_start, steps).generated[0]
+                for x in inputs_list]
+    report = {}
+    for name, backend in live.items():
+        if name == "torch":
+            continue
+        same, first_mismatch = 0, []
+        for x, want in zip(inputs_list, expected):
+            got = greedy_generate(backend, x.input_ids, x.pixel_values, x.visual_start, steps).generated[0]
+            same += got == want
+            first_mismatch.append(next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None))
+        report[name] = {"identical": int(same), "of": len(inputs_list), "first_mismatch_step": first_mismatch}
+    return report
+
+
+def write_report(report: dict, path) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(tmp, path)
+
+
+def format_report(report: dict) -> str:
+    tol = report["tolerance"]
+    lines = [f"parity {report['artifact']}  ({report['method']}, ratio {report['ratio']:.4g}, {report['dtype']}, "
+             f"atol {tol['atol']:g} rtol {tol['rtol']:g}; {report['samples']} samples, {report['steps']} steps)"]
+    for graph, per_backend in report["graphs"].items():
+        for backend, outputs in per_backend.items():
+            worst = max(outputs.values(), key=lambda o: o["max_abs"])
+            logits = outputs.get("logits", worst)
+            bad = [n for n, o in outputs.items() if not o["passed"]]
+            lines.append(f"  {graph:8s} {backend:12s} max abs {worst['max_abs']:.2e}"
+                         + (f"  logits {logits['max_abs']:.2e}" if "logits" in outputs else "")
+                         + (f"  FAILED: {', '.join(bad[:4])}" if bad else "  ok"))
+    for backend, layers in report["routing"].items():
+        cells = "  ".join(f"{k}: {v['agree']}/{v['of']}" for k, v in layers.items())
+        lines.append(f"  routing  {backend:12s} {cells or 'unrouted'}")
+    for backend, t in report["tokens"].items():
+        lines.append(f"  tokens   {backend:12s} {t['identical']}/{t['of']} identical over {report['steps']} steps")
+    lines.append("PASS: all backends match the PyTorch reference" if report["passed"] else "FAIL: parity check failed")
+    return "\n".join(lines)
+
+
+def parity_or_raise(report: dict) -> None:
+    if not report["passed"]:
+        raise ParityFailure("parity check failed (see the report above)")

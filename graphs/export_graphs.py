@@ -1,0 +1,88 @@
+"""The four graph modules exported to ONNX (and run by the torch parity runner), flat tensors in and out.
+
+Names follow the layout deployment runtimes use: ``past_key_values.{i}.key|value``
+inputs and ``present.{i}.key|value`` outputs per layer; ``routing.{s}.indices``
+debug outputs give the original visual indices selected at decision ``s``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .routed import RoutedDecoder
+
+
+def kv_names(prefix: str, num_layers: int) -> list[str]:
+    return [f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def routing_names(num_stages: int) -> list[str]:
+    return [f"routing.{s}.indices" for s in range(num_stages)]
+
+
+class PrefillGraph(nn.Module):
+    """(inputs_embeds [B,T,d], visual_start [1]) -> logits [B,V], present.*, routing.*"""
+
+    def __init__(self, decoder: RoutedDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def input_names(self) -> list[str]:
+        return ["inputs_embeds", "visual_start"]
+
+    def output_names(self) -> list[str]:
+        d = self.decoder
+        return ["logits", *kv_names("present", d.cfg.num_layers), *routing_names(len(d.schedule.layers))]
+
+    def forward(self, inputs_embeds, visual_start):
+        out = self.decoder.prefill(inputs_embeds, visual_start)
+        return (out.logits, *[t for kv in out.cache for t in kv], *out.selections)
+
+
+class DecodeGraph(nn.Module):
+    """(inputs_embeds [B,1,d], position_ids [B,1], past_key_values.*) -> logits [B,V], present.*"""
+
+    def __init__(self, decoder: RoutedDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def input_names(self) -> list[str]:
+        return ["inputs_embeds", "position_ids", *kv_names("past_key_values", self.decoder.cfg.num_layers)]
+
+    def output_names(self) -> list[str]:
+        return ["logits", *kv_names("present", self.decoder.cfg.num_layers)]
+
+    def forward(self, inputs_embeds, position_ids, *past):
+        cache = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        logits, new = self.decoder.decode_step(inputs_embeds, position_ids, cache)
+        return (logits, *[t for kv in new for t in kv])
+
+
+class VisionGraph(nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def input_names(self):
+        return ["pixel_values"]
+
+    def output_names(self):
+        return ["image_features"]
+
+    def forward(self, pixel_values):
+        return self.encoder(pixel_values)
+
+
+class EmbedGraph(nn.Module):
+    def __init__(self, embedding):
+        super().__init__()
+        self.embedding = embedding
+
+    def input_names(self):
+        return ["input_ids", "image_features"]
+
+    def output_names(self):
+        return ["inputs_embeds"]
+
+    def forward(self, input_ids, image_features):
+        return self.embedding(input_ids, image_features)
