@@ -53,8 +53,8 @@ class OrtBackend:
 
     def run(self, graph: str, feeds: dict) -> dict:
         """One graph, feeds cast to the graph's input dtypes; outputs copied (runners reuse buffers)."""
-        dtypes = self.dtypes[graph]
-        cast = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items()}
+        dtypes = self.dtypes[graph]  # only the graph's own inputs (an unrouted prefill has no visual_start)
+        cast = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items() if k in dtypes}
         return {k: np.array(v) for k, v in self.runners[graph].infer(cast, check_inputs=False).items()}
 
     def vision(self, pixel_values):

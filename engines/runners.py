@@ -49,10 +49,12 @@ class TorchGraphRunner(_torch_runner_base()):
     def infer_impl(self, feed_dict):
         import torch
 
-        args = [torch.from_numpy(np.ascontiguousarray(feed_dict[name])) for name in self.module.input_names()]
+        # feed what the exported graph takes (an unrouted prefill has no visual_start input)
+        kwargs = {name: torch.from_numpy(np.ascontiguousarray(feed_dict[name])) for name in self.module.input_names()
+                  if name in feed_dict}
         start = time.perf_counter()
         with torch.inference_mode():
-            outs = self.module(*args)
+            outs = self.module(**kwargs)
         self.inference_time = time.perf_counter() - start
         outs = outs if isinstance(outs, tuple) else (outs,)
         return OrderedDict((n, o.numpy().copy()) for n, o in zip(self.module.output_names(), outs))

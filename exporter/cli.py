@@ -71,8 +71,12 @@ def cmd_generate(args) -> int:
         loaded, backend = torch_backend(args.model, args.method, args.ratio, args.layers, args.keep_ratios)
         processor, image_token_id, num_visual = loaded.processor, loaded.image_token_id, loaded.num_visual
         eos, artifact = processor.tokenizer.eos_token_id, None
-    result, gen = run_generate(backend, processor, image_token_id, num_visual, args.image, args.prompt,
-                               args.chat, args.max_new_tokens, None if args.ignore_eos else eos, artifact)
+    try:
+        result, gen = run_generate(backend, processor, image_token_id, num_visual, args.image, args.prompt,
+                                   args.chat, args.max_new_tokens, None if args.ignore_eos else eos, artifact)
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
     if args.dump_logits:
         save_logits(args.dump_logits, gen.prefill_logits)
     if args.json:
@@ -157,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-run-results", metavar="DIR", help="save Polygraphy RunResults JSON per graph")
     p.add_argument("--no-plugins", action="store_true", help="TensorRT: use the no-plugin engines")
     p.set_defaults(func=cmd_parity)
+    from .serving_cli import register as _register_serving; _register_serving(sub, _Parser)
     return parser
 
 

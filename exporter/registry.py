@@ -17,7 +17,7 @@ class Family:
     model_type: str
     text_model_types: tuple[str, ...]
     tiny_preset: str
-    # max abs logit error allowed between backends, per export dtype
+    # parity tolerances between backends, per export dtype (see exporter/parity.py)
     tolerances: dict = field(default_factory=dict)
 
 
@@ -26,7 +26,17 @@ FAMILIES: dict[str, Family] = {
         model_type="llava",
         text_model_types=("llama",),
         tiny_preset="llava-tiny",
-        tolerances={"float32": {"atol": 1e-4, "rtol": 1e-4}, "float16": {"atol": 5e-2, "rtol": 5e-2}},
+        tolerances={
+            # fp32: tight, routing identical, every greedy sequence identical
+            "float32": {"atol": 1e-4, "rtol": 1e-4, "routing_overlap": 1.0, "token_match": 1.0,
+                        "first_token_match": 1.0},
+            # fp16: half-precision rounding differs between backends, so near-tied scores can swap a
+            # token at the k-th place; outputs that depend on that choice are compared where both agree.
+            # Greedy sequences of random-weight presets diverge after a few fp16 steps, so fp16 requires
+            # the first token (the prefill's argmax) and reports the agreeing prefix length.
+            "float16": {"atol": 0.25, "rtol": 0.05, "routing_overlap": 0.95, "token_match": 0.0,
+                        "first_token_match": 0.9},
+        },
     ),
 }
 

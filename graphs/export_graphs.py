@@ -34,7 +34,8 @@ class PrefillGraph(nn.Module):
         d = self.decoder
         return ["logits", *kv_names("present", d.cfg.num_layers), *routing_names(len(d.schedule.layers))]
 
-    def forward(self, inputs_embeds, visual_start):
+    def forward(self, inputs_embeds, visual_start=None):
+        # unrouted schedules never read visual_start, and the exported graph then has no such input
         out = self.decoder.prefill(inputs_embeds, visual_start)
         return (out.logits, *[t for kv in out.cache for t in kv], *out.selections)
 
@@ -52,7 +53,9 @@ class DecodeGraph(nn.Module):
     def output_names(self) -> list[str]:
         return ["logits", *kv_names("present", self.decoder.cfg.num_layers)]
 
-    def forward(self, inputs_embeds, position_ids, *past):
+    def forward(self, inputs_embeds, position_ids, *past, **named_past):
+        if named_past:  # called by input name (the parity runner)
+            past = tuple(named_past[n] for n in kv_names("past_key_values", self.decoder.cfg.num_layers))
         cache = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
         logits, new = self.decoder.decode_step(inputs_embeds, position_ids, cache)
         return (logits, *[t for kv in new for t in kv])

@@ -95,3 +95,4 @@ def test_every_family_has_a_tiny_preset():
     for name, family in FAMILIES.items():
         assert family.tiny_preset in PRESETS, f"family {name} has no tiny test model"
         assert "float32" in family.tolerances and "float16" in family.tolerances
+        assert family.tolerances["float32"]["routing_overlap"] == 1.0 and family.tolerances["float32"]["token_match"] == 1.0

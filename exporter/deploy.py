@@ -1,0 +1,280 @@
+"""``reroute deploy``: an artifact folder -> a Triton Inference Server model repository.
+
+The repository holds one model per graph (``reroute_vision``, ``reroute_embed``,
+``reroute_prefill``, ``reroute_decode``) and a Python-backend model,
+``reroute_pipeline``, that runs a whole request (prompt, image bytes,
+max_new_tokens -> text, token_ids) through them with BLS calls
+(exporter/triton_pipeline.py, copied as its ``1/model.py``).
+
+Every ``config.pbtxt`` is generated from data: a dict built from the
+manifest's graph IO (symbolic dims -> -1) is parsed into tritonclient's
+``ModelConfig`` protobuf message and printed with ``text_format``, so what is
+written is always a valid message. The graph models use ``max_batch_size: 0``
+with the batch dimension explicit (-1): the graphs have many dynamic dims and
+the pipeline sends one request at a time.
+
+Written atomically: a temporary folder beside ``out`` is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+from .artifact import GRAPHS, Artifact, open_artifact
+from .errors import RerouteError
+
+BACKENDS = ("onnxruntime", "tensorrt")
+PIPELINE_MODEL = "reroute_pipeline"
+MODEL_PREFIX = "reroute_"
+PIPELINE_SOURCE = Path(__file__).with_name("triton_pipeline.py")
+PLUGIN_LIBRARY = "libreroute_plugins.so"
+MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
+
+# numpy dtype names (the manifest's) -> Triton data types
+TRITON_DTYPES = {
+    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32", "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64", "bfloat16": "TYPE_BF16", "object": "TYPE_STRING", "bytes": "TYPE_STRING",
+}
+
+PIPELINE_INPUTS = [
+    {"name": "prompt", "data_type": "TYPE_STRING", "dims": [1]},
+    {"name": "image", "data_type": "TYPE_STRING", "dims": [1]},
+    {"name": "max_new_tokens", "data_type": "TYPE_INT32", "dims": [1]},
+]
+PIPELINE_OUTPUTS = [
+    {"name": "text", "data_type": "TYPE_STRING", "dims": [1]},
+    {"name": "token_ids", "data_type": "TYPE_INT64", "dims": [-1]},
+]
+
+
+def graph_model_name(graph: str) -> str:
+    return f"{MODEL_PREFIX}{graph}"
+
+
+def triton_dims(shape: list) -> list[int]:
+    """Manifest shape -> Triton dims: symbolic (a string) or unknown (0 / None) -> -1."""
+    return [d if isinstance(d, int) and d > 0 else -1 for d in shape]
+
+
+def triton_dtype(dtype: str) -> str:
+    try:
+        return TRITON_DTYPES[dtype]
+    except KeyError:
+        raise RerouteError(f"no Triton data type for {dtype!r}") from None
+
+
+def _tensors(specs: list[dict]) -> list[dict]:
+    return [{"name": t["name"], "data_type": triton_dtype(t["dtype"]), "dims": triton_dims(t["shape"])}
+            for t in specs]
+
+
+def graph_config(artifact: Artifact, graph: str, backend: str) -> dict:
+    """The config of one graph's model, as a dict in ModelConfig's JSON form."""
+    spec = artifact.manifest["graphs"][graph]
+    config = {
+        "name": graph_model_name(graph),
+        "max_batch_size": 0,
+        "input": _tensors(spec["inputs"]),
+        "output": _tensors(spec["outputs"]),
+    }
+    if backend == "onnxruntime":
+        config.update(platform="onnxruntime_onnx", default_model_filename="model.onnx")
+    else:
+        config.update(platform="tensorrt_plan", default_model_filename="model.plan",
+                      instance_group=[{"count": 1, "kind": "KIND_GPU"}])
+    return config
+
+
+def pipeline_config() -> dict:
+    return {
+        "name": PIPELINE_MODEL,
+        "backend": "python",
+        "max_batch_size": 0,
+        "input": PIPELINE_INPUTS,
+        "output": PIPELINE_OUTPUTS,
+        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+    }
+
+
+def to_pbtxt(config: dict) -> str:
+    """A config dict -> the text form of Triton's ModelConfig message (unknown fields are an error)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    return text_format.MessageToString(message)
+
+
+def pipeline_settings(artifact: Artifact) -> dict:
+    """What model.py needs from the manifest (it runs inside Triton, without reroute)."""
+    manifest = artifact.manifest
+    model = manifest["model"]
+    return {
+        "models": {graph: graph_model_name(graph) for graph in GRAPHS},
+        "image_token_id": model["image_token_id"],
+        "num_visual": model["num_visual"],
+        "eos_token_id": model["eos_token_id"],
+        "num_layers": artifact.decoder_config.num_layers,
+        "num_stages": len(artifact.schedule.layers),
+        "max_sequence": manifest["capacity"]["max_sequence"],
+        "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,
+        "input_dtypes": {graph: {t["name"]: t["dtype"] for t in spec["inputs"]}
+                         for graph, spec in manifest["graphs"].items()},
+    }
+
+
+def engine_path(artifact: Artifact, graph: str) -> Path:
+    return artifact.root / "engines" / f"{graph}.plan"
+
+
+def _check_engines(artifact: Artifact) -> None:
+    missing = [g for g in GRAPHS if not engine_path(artifact, g).is_file()]
+    if missing:
+        raise RerouteError(
+            f"{artifact.root} has no TensorRT engines ({', '.join(f'engines/{g}.plan' for g in missing)} missing); "
+            f"run `reroute build {artifact.root}` first"
+        )
+
+
+def _launch_script(backend: str) -> str:
+    lines = [
+        "#!/usr/bin/env bash",
+        "# Start Triton Inference Server on this model repository (in a Triton container, e.g.",
+        "# nvcr.io/nvidia/tritonserver:<yy.mm>-py3, with numpy, pillow and transformers installed",
+        "# for the Python backend). Extra arguments go to tritonserver, e.g. --http-port 8000.",
+        "set -euo pipefail",
+        'REPO="$(cd "$(dirname "$0")" && pwd)"',
+    ]
+    if backend == "tensorrt":
+        lines += [
+            "# The engines use reroute's TensorRT plugins: preload their library.",
+            f'PLUGINS="${{REROUTE_PLUGINS:-$REPO/plugins/{PLUGIN_LIBRARY}}}"',
+            'if [ ! -f "$PLUGINS" ]; then',
+            f'  echo "launch.sh: $PLUGINS not found; set REROUTE_PLUGINS to {PLUGIN_LIBRARY}" >&2',
+            "  exit 2",
+            "fi",
+            'LD_PRELOAD="$PLUGINS${LD_PRELOAD:+:$LD_PRELOAD}" exec tritonserver --model-repository "$REPO" "$@"',
+        ]
+    else:
+        lines.append('exec tritonserver --model-repository "$REPO" "$@"')
+    return "\n".join(lines) + "\n"
+
+
+def _readme(artifact: Artifact, backend: str) -> str:
+    graphs = "\n".join(f"- `{graph_model_name(g)}`: the {g} graph ({'1/model.onnx' if backend == 'onnxruntime' else '1/model.plan'})"
+                       for g in GRAPHS)
+    preload = (f"LD_PRELOAD=$PWD/plugins/{PLUGIN_LIBRARY} " if backend == "tensorrt" else "")
+    return f"""# reroute Triton model repository
+
+Written by `reroute deploy` from `{artifact.root}` ({artifact.manifest['model']['spec']},
+method {artifact.manifest['method']}, ratio {artifact.manifest['ratio']}), backend {backend}.
+
+Models:
+{graphs}
+- `{PIPELINE_MODEL}`: Python backend; runs a whole request through the graphs with BLS calls.
+  Inputs `prompt` (BYTES [1], exactly one `<image>`), `image` (BYTES [1], encoded image file),
+  `max_new_tokens` (INT32 [1]); outputs `text` (BYTES [1]) and `token_ids` (INT64 [-1]).
+
+Start the server (Triton container; the Python backend needs numpy, pillow and transformers):
+
+```bash
+{preload}tritonserver --model-repository $PWD
+# or: ./launch.sh
+```
+
+Query it:
+
+```bash
+reroute client --url http://127.0.0.1:8000 --model {PIPELINE_MODEL} --image picture.png \\
+    --prompt "USER: <image>\\nWhat is it? ASSISTANT:" --max-new-tokens 16
+```
+"""
+
+
+def write_triton_repo(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike, backend: str = "onnxruntime",
+                      force: bool = False) -> Path:
+    """Write the model repository for ``artifact_dir`` to ``out_dir``; returns its path."""
+    if backend not in BACKENDS:
+        raise RerouteError(f"unknown deploy backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    artifact = open_artifact(artifact_dir)
+    if backend == "tensorrt":
+        _check_engines(artifact)
+    target = Path(out_dir)
+    if target.exists() and not force:
+        raise RerouteError(f"{target} already exists; pass --force to replace it")
+    if target.resolve() == artifact.root.resolve():
+        raise RerouteError("the model repository cannot replace the artifact folder itself")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        _fill(artifact, tmp, backend)
+        _publish(tmp)
+        _replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _fill(artifact: Artifact, root: Path, backend: str) -> None:
+    for graph in GRAPHS:
+        model_dir = root / graph_model_name(graph)
+        version = model_dir / "1"
+        version.mkdir(parents=True)
+        if backend == "onnxruntime":
+            spec = artifact.manifest["graphs"][graph]
+            shutil.copyfile(artifact.graph_path(graph), version / "model.onnx")
+            data = spec.get("data")
+            if data and (artifact.root / data).is_file():
+                # model.onnx names its external data file by its exported name: keep that name beside it.
+                shutil.copyfile(artifact.root / data, version / Path(data).name)
+        else:
+            shutil.copyfile(engine_path(artifact, graph), version / "model.plan")
+        (model_dir / "config.pbtxt").write_text(to_pbtxt(graph_config(artifact, graph, backend)))
+
+    pipeline = root / PIPELINE_MODEL
+    version = pipeline / "1"
+    version.mkdir(parents=True)
+    shutil.copyfile(PIPELINE_SOURCE, version / "model.py")
+    shutil.copytree(artifact.root / artifact.manifest["processor_dir"], version / "processor")
+    (version / "pipeline.json").write_text(json.dumps(pipeline_settings(artifact), indent=2))
+    (pipeline / "config.pbtxt").write_text(to_pbtxt(pipeline_config()))
+
+    if backend == "tensorrt":
+        plugins = artifact.root / "engines" / PLUGIN_LIBRARY
+        if plugins.is_file():
+            (root / "plugins").mkdir()
+            shutil.copyfile(plugins, root / "plugins" / PLUGIN_LIBRARY)
+    (root / "README.md").write_text(_readme(artifact, backend))
+    launch = root / "launch.sh"
+    launch.write_text(_launch_script(backend))
+    launch.chmod(launch.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _publish(directory: Path) -> None:
+    """Ordinary permissions for the finished folder (mkdtemp creates it private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        executable = path.is_dir() or path.name == "launch.sh"
+        os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Move the finished folder into place; an old one (``force``) goes only after the new one is there."""
+    backup = None
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, backup)
+    os.rename(tmp, target)
+    if backup is not None:
+        if backup.is_dir() and not backup.is_symlink():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            backup.unlink()

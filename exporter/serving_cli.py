@@ -1,0 +1,74 @@
+"""``reroute deploy``, ``reroute serve`` and ``reroute client``: thin wrappers over exporter.deploy / triton_serve.
+
+Heavy imports (PyTriton, tritonclient) happen inside the commands, so
+``import exporter.cli`` works without them.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def cmd_deploy(args) -> int:
+    from .deploy import write_triton_repo
+
+    path = write_triton_repo(args.artifact, args.out, backend=args.backend, force=args.force)
+    print(f"wrote Triton model repository {path}")
+    print(f"start it with: {path}/launch.sh   (tritonserver --model-repository {path} --disable-auto-complete-config)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .triton_serve import serve
+
+    return serve(args.artifact, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch,
+                 model_name=args.model, threads=args.threads)
+
+
+def cmd_client(args) -> int:
+    from .errors import RerouteError
+    from .generation import check_max_new_tokens
+    from .inputs import check_prompt
+    from .triton_serve import client_generate
+
+    check_max_new_tokens(args.max_new_tokens)
+    check_prompt(args.prompt)
+    if args.timeout <= 0:
+        raise RerouteError(f"--timeout must be > 0, got {args.timeout}")
+    result = client_generate(args.url, args.image, args.prompt, args.max_new_tokens, args.model, args.timeout)
+    print(json.dumps(result) if args.json else result["text"])
+    return 0
+
+
+def register(sub, parser_class) -> None:
+    """Add the serving subcommands to ``reroute``'s subparsers."""
+    from .triton_serve import DEFAULT_HOST, DEFAULT_PORT, MODEL_NAME
+
+    p = sub.add_parser("deploy", help="write a Triton Inference Server model repository for an artifact")
+    p.add_argument("artifact", help="exported artifact folder")
+    p.add_argument("--out", required=True, help="model repository folder to write")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
+                   help="onnxruntime: model.onnx per graph; tensorrt: engines/NAME.plan from `reroute build`")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("serve", help="serve an artifact on Triton Inference Server (PyTriton)")
+    p.add_argument("artifact", help="exported artifact folder")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: loopback)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--max-batch", type=int, help="largest batch of requests run together (default: the artifact's)")
+    p.add_argument("--model", default=MODEL_NAME, help=f"Triton model name (default {MODEL_NAME})")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("client", help="send one image + prompt to a `reroute serve` (or Triton) server")
+    p.add_argument("--url", required=True, help="server address, e.g. http://127.0.0.1:8000")
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True, help="used verbatim; must contain one <image>")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--model", default=MODEL_NAME,
+                   help=f"model name (default {MODEL_NAME}; reroute_pipeline for a `reroute deploy` repository)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the answer (default 600)")
+    p.add_argument("--json", action="store_true", help="print text and generated_token_ids as JSON")
+    p.set_defaults(func=cmd_client)
