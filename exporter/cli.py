@@ -112,6 +112,30 @@ def cmd_parity(args) -> int:
     return 0 if report["passed"] else 1
 
 
+def cmd_check(args) -> int:
+    from engines.trt_check import check_artifact
+
+    from .errors import CheckFailure
+
+    problems = check_artifact(args.artifact, plugins=args.plugins)
+    for problem in problems:
+        print(problem)
+    form = "plugin form" if args.plugins else "exported form"
+    if problems:
+        raise CheckFailure(f"{len(problems)} problem(s) TensorRT would reject in {args.artifact} ({form})")
+    print(f"ok: every graph of {args.artifact} ({form}) passes the TensorRT checks")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from engines.trt_build import build_engines
+
+    meta = build_engines(args.artifact, plugins=args.plugins, min_shapes=args.min, opt_shapes=args.opt,
+                         max_shapes=args.max, plugin_library=args.plugin_library)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reroute", description="Export, compile, validate and deploy routed VLMs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -150,6 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-samples", type=int, default=2, help="samples for the closing parity report (0: skip)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check", help="static lint of what TensorRT would reject")
+    p.add_argument("artifact")
+    p.add_argument("--target", default="tensorrt", choices=["tensorrt"])
+    p.add_argument("--plugins", action="store_true", help="lint the plugin form (pool ops as TensorRT plugins)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("build", help="TensorRT engines (vision, embed, prefill, decode); runs check first")
+    p.add_argument("artifact")
+    p.add_argument("--plugins", dest="plugins", action="store_true", default=True,
+                   help="pool ops as TensorRT plugins (default)")
+    p.add_argument("--no-plugins", dest="plugins", action="store_false", help="pool ops inlined as standard ops")
+    p.add_argument("--min", help="profile minimum shapes, e.g. inputs_embeds:1x577x4096")
+    p.add_argument("--opt", help="profile optimum shapes")
+    p.add_argument("--max", help="profile maximum shapes")
+    p.add_argument("--plugin-library", help="libreroute_plugins.so (default: engines/plugins/build/)")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("parity", help="compare backends against the PyTorch reference")
     p.add_argument("artifact")

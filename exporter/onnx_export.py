@@ -111,7 +111,7 @@ def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int
     _pin_kv_shapes(model, module)
     final = directory / f"{name}.onnx"
     onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{name}.onnx.data", size_threshold=0)
+                    location=f"{name}.onnx.data", size_threshold=1024)  # small constants stay inline
     shutil.rmtree(scratch)
     onnx.checker.check_model(str(final), full_check=True)
 
@@ -133,6 +133,8 @@ def _pin_kv_shapes(model, module) -> None:
 def _io_spec(path: Path) -> dict:
     import onnx
 
+    from engines.trt_check import shape_inputs_of
+
     model = onnx.load(str(path), load_external_data=False)
 
     def spec(values):
@@ -140,7 +142,8 @@ def _io_spec(path: Path) -> dict:
                  "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
                  "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
 
-    return {"inputs": spec(model.graph.input), "outputs": spec(model.graph.output)}
+    return {"inputs": spec(model.graph.input), "outputs": spec(model.graph.output),
+            "shape_inputs": shape_inputs_of(model)}
 
 
 def _versions() -> dict:

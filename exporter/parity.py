@@ -27,7 +27,7 @@ from .inputs import encode
 from .registry import FAMILIES
 from .samples import sample
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-no-plugins")
 
 
 def tolerances(artifact: Artifact) -> dict:
@@ -56,10 +56,12 @@ def make_backend(name: str, artifact: Artifact, loaded=None, plugins: bool = Tru
         from engines.ort_runner import OrtBackend
 
         return OrtBackend(artifact)
-    if name == "tensorrt":
+    if name in ("tensorrt", "tensorrt-no-plugins"):
         from engines.trt_runner import TrtBackend
 
-        return TrtBackend(artifact, plugins=plugins)
+        backend = TrtBackend(artifact, plugins=plugins and name == "tensorrt")
+        backend.name = name
+        return backend
     raise RerouteError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 

@@ -28,11 +28,13 @@ def cmd_serve(args) -> int:
 def cmd_client(args) -> int:
     from .errors import RerouteError
     from .generation import check_max_new_tokens
-    from .inputs import check_prompt
+    from .inputs import IMAGE_PLACEHOLDER
     from .triton_serve import client_generate
 
     check_max_new_tokens(args.max_new_tokens)
-    check_prompt(args.prompt)
+    count = args.prompt.count(IMAGE_PLACEHOLDER)
+    if count != 1:
+        raise RerouteError(f"--prompt must contain exactly one {IMAGE_PLACEHOLDER} placeholder, found {count}")
     if args.timeout <= 0:
         raise RerouteError(f"--timeout must be > 0, got {args.timeout}")
     result = client_generate(args.url, args.image, args.prompt, args.max_new_tokens, args.model, args.timeout)

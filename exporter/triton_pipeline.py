@@ -36,7 +36,10 @@ class TritonPythonModel:
     def initialize(self, args):
         from transformers import AutoProcessor
 
-        here = os.path.dirname(os.path.abspath(__file__))
+        if args and args.get("model_repository") and args.get("model_version"):
+            here = os.path.join(args["model_repository"], str(args["model_version"]))
+        else:
+            here = os.path.dirname(os.path.abspath(__file__))
         with open(os.path.join(here, "pipeline.json")) as f:
             self.cfg = json.load(f)
         self.processor = AutoProcessor.from_pretrained(os.path.join(here, "processor"), local_files_only=True)

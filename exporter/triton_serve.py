@@ -30,6 +30,7 @@ import io
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -128,8 +129,8 @@ class Pipeline:
             raise BadRequest(f"input 'max_new_tokens' must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {max_new_tokens}")
         if not image:
             raise BadRequest("input 'image' is empty (expected the bytes of an encoded image)")
-        # A cheap bound before tokenizing: every token holds at least one character, bar the image's.
-        if len(text) - len(IMAGE_PLACEHOLDER) + self.num_visual > 8 * self.capacity["max_sequence"]:
+        # A cheap bound before tokenizing: no token of a real vocabulary spans 64 characters.
+        if len(text) > 64 * self.capacity["max_sequence"]:
             raise BadRequest(f"input 'prompt' is far beyond the exported capacity of "
                              f"{self.capacity['max_sequence']} tokens ({len(text)} characters)")
         try:
@@ -336,8 +337,11 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           backend: str = "onnxruntime", max_batch: int | None = None, model_name: str = MODEL_NAME,
-          threads: int | None = None, log=None) -> int:
-    """Serve an artifact until SIGINT / SIGTERM; returns 0 after a clean shutdown."""
+          threads: int | None = None, log=None, stop: threading.Event | None = None) -> int:
+    """Serve an artifact until SIGINT / SIGTERM (or ``stop`` is set); returns 0 after a clean shutdown.
+
+    Signal handlers are installed only when called from the main thread.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     check_port_free(host, port)
     if not is_loopback(host):
@@ -350,8 +354,10 @@ def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int =
 
     pipeline = Pipeline(artifact_dir, backend, max_batch, threads)
     batcher = MicroBatcher(pipeline.run, pipeline.max_batch)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     _python_backend_env()
     _quiet_pytriton_logs()
     workspace = tempfile.mkdtemp(prefix="reroute-triton-")
@@ -381,20 +387,20 @@ def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int =
         log(f"reroute serve: model '{model_name}' ({pipeline.artifact.root}, {backend}, batch <= "
             f"{pipeline.max_batch}) on http://{host}:{port}; Ctrl-C or SIGTERM stops it")
         while not stop.wait(0.5):
-            if not triton.is_alive():
+            if not triton.is_alive() and not stop.is_set():  # (a terminal's Ctrl-C reaches tritonserver too)
                 log(_log_tail(triton_log))
                 raise RerouteError("Triton Inference Server stopped unexpectedly")
         log("reroute serve: stopping")
     finally:
-        if triton is not None:
-            triton.stop()
-        batcher.close()
-        pipeline.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        import shutil
-
-        shutil.rmtree(workspace, ignore_errors=True)
+        try:
+            if triton is not None:
+                triton.stop()
+        finally:
+            batcher.close()
+            pipeline.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            shutil.rmtree(workspace, ignore_errors=True)
     log("reroute serve: stopped")
     return 0
 

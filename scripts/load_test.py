@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--url {args.url} is not a loopback address (pass --allow-remote to test it anyway)")
 
     tmp = tempfile.mkdtemp(prefix="reroute-load-")
-    server = None
+    server, server_status = None, 0
     try:
         url = args.url
         if url is None:
@@ -233,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         if server is not None:
-            code = server.stop()
-            if code != 0:
-                print(f"load_test: the server exited with status {code}", file=sys.stderr)
+            server_status = server.stop()
+            if server_status != 0:
+                print(f"load_test: the server exited with status {server_status} after SIGTERM:\n"
+                      f"{server.output()[-3000:]}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 1 if report["errors"] or report["inconsistent_answers"] else 0
+    return 1 if report["errors"] or report["inconsistent_answers"] or server_status != 0 else 0
 
 
 if __name__ == "__main__":

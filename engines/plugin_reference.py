@@ -1,0 +1,88 @@
+"""numpy reference implementations of the TensorRT plugins, as ``onnx.reference`` custom ops.
+
+``ReferenceEvaluator(plugin_form_model, new_ops=PLUGIN_OPS)`` runs the exact
+graph TensorRT will parse on CPU, one small class per plugin, written from the
+op contracts (engines/onnx_functions.py, docs/PLUGINS.md) independently of the
+torch code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx.reference.op_run import OpRun
+
+
+def _source_index(n: int, p: int, selected: np.ndarray, v0: int) -> np.ndarray:
+    """[B, n - P + k]: for each compact slot, its index in the n-token sequence."""
+    b, k = selected.shape
+    src = np.empty((b, n - p + k), dtype=np.int64)
+    for slot in range(n - p + k):
+        if slot < v0:
+            src[:, slot] = slot
+        elif slot < v0 + k:
+            src[:, slot] = v0 + selected[:, slot - v0]
+        else:
+            src[:, slot] = slot + (p - k)
+    return src
+
+
+class PoolSelect(OpRun):
+    op_domain = "reroute"
+
+    def _run(self, q_last, keys, visual_start, k=None, num_candidates=None, scale=None,
+             plugin_namespace=None, plugin_version=None):
+        b, h, hd = q_last.shape
+        kvh, n = keys.shape[1], keys.shape[2]
+        v0 = int(visual_start.reshape(-1)[0])
+        q = q_last.astype(np.float32).reshape(b, kvh, h // kvh, hd)
+        logits = np.einsum("bgqd,bgnd->bgqn", q, keys.astype(np.float32)) * np.float32(scale)
+        logits -= logits.max(-1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(-1, keepdims=True)
+        row = probs.reshape(b, h, n).mean(1)  # [B, n]
+        scores = row[:, v0 : v0 + num_candidates]
+        out = np.empty((b, k), dtype=np.int64)
+        for i in range(b):
+            order = np.lexsort((np.arange(num_candidates), -scores[i]))  # score desc, then index asc
+            out[i] = np.sort(order[:k])
+        return (out,)
+
+
+class PoolGather(OpRun):
+    op_domain = "reroute"
+
+    def _run(self, x, selected, visual_start, num_candidates=None, plugin_namespace=None, plugin_version=None):
+        src = _source_index(x.shape[1], num_candidates, selected, int(visual_start.reshape(-1)[0]))
+        return (np.take_along_axis(x, src[..., None], axis=1),)
+
+
+class PoolScatter(OpRun):
+    op_domain = "reroute"
+
+    def _run(self, x, compact, selected, visual_start, num_candidates=None, plugin_namespace=None,
+             plugin_version=None):
+        src = _source_index(x.shape[1], num_candidates, selected, int(visual_start.reshape(-1)[0]))
+        out = x.copy()
+        np.put_along_axis(out, np.broadcast_to(src[..., None], compact.shape), compact, axis=1)
+        return (out,)
+
+
+class GatherElements(OpRun):
+    """Standard GatherElements via take_along_axis: onnx.reference's own uses np.choose, which fails
+    past 32 choices and then falls back to a wrong 2-D path (seen with a [1, 286] gather)."""
+
+    op_domain = ""
+
+    def _run(self, data, indices, axis=None):
+        axis = 0 if axis is None else axis
+        return (np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis], indices), axis=axis),)
+
+
+PLUGIN_OPS = [PoolSelect, PoolGather, PoolScatter, GatherElements]
+
+
+def reference_session(model):
+    """A ``ReferenceEvaluator`` over a plugin-form model (path or ModelProto)."""
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model, new_ops=PLUGIN_OPS)

@@ -1,0 +1,79 @@
+"""Backends that run the exported graphs by name (ONNX Runtime, TensorRT): the four-graph calls once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphs.export_graphs import kv_names
+
+from .base import Prefill
+
+GRAPH_NAMES = ("vision", "embed", "prefill", "decode")
+
+
+class SessionBackend:
+    """Subclasses set ``self.runners`` (active Polygraphy runners per graph) and implement
+    :meth:`comparator_runner`; feeds are cast to each graph's declared input dtypes."""
+
+    name = "session"
+
+    def __init__(self, artifact):
+        self.artifact = artifact
+        self.num_layers = artifact.decoder_config.num_layers
+        self.num_stages = len(artifact.schedule.layers)
+        self.dtypes = {g: {t["name"]: np.dtype(t["dtype"]) for t in spec["inputs"]}
+                       for g, spec in artifact.manifest["graphs"].items()}
+        self.runners: dict = {}
+
+    def _activate(self, runners: dict) -> None:
+        self.runners = runners
+        for runner in runners.values():
+            runner.activate()
+
+    def comparator_runner(self, graph: str):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            if runner.is_active:
+                runner.deactivate()
+        self.runners = {}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def run(self, graph: str, feeds: dict) -> dict:
+        """One graph: only its own inputs (an unrouted prefill has no visual_start), cast to its dtypes;
+        outputs copied, as runners may reuse their buffers."""
+        dtypes = self.dtypes[graph]
+        cast = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items() if k in dtypes}
+        return {k: np.array(v) for k, v in self.runners[graph].infer(cast, check_inputs=False).items()}
+
+    def vision(self, pixel_values):
+        return self.run("vision", {"pixel_values": pixel_values})["image_features"]
+
+    def embed(self, input_ids, image_features):
+        return self.run("embed", {"input_ids": input_ids, "image_features": image_features})["inputs_embeds"]
+
+    def _cache(self, out: dict) -> list:
+        names = kv_names("present", self.num_layers)
+        return [(out[names[2 * i]], out[names[2 * i + 1]]) for i in range(self.num_layers)]
+
+    def prefill(self, inputs_embeds, visual_start: int) -> Prefill:
+        out = self.run("prefill", {"inputs_embeds": inputs_embeds,
+                                   "visual_start": np.array([visual_start], dtype=np.int64)})
+        selections = [out[f"routing.{s}.indices"] for s in range(self.num_stages)]
+        return Prefill(out["logits"].astype(np.float32), self._cache(out), selections)
+
+    def decode(self, inputs_embeds, positions, cache):
+        feeds = {"inputs_embeds": inputs_embeds, "position_ids": positions}
+        for i, (k, v) in enumerate(cache):
+            feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = k, v
+        out = self.run("decode", feeds)
+        return out["logits"].astype(np.float32), self._cache(out)
+
+    def cache_lengths(self, cache) -> list[int]:
+        return [k.shape[2] for k, _ in cache]

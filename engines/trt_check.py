@@ -1,0 +1,224 @@
+"""``reroute check --target tensorrt``: a static lint of what TensorRT would reject.
+
+Checks, each reported with the node's name and a reason:
+- every node has a TensorRT ONNX importer (engines/trt_support.py) or is a
+  known plugin node; local functions are looked into, as TensorRT inlines them;
+- TopK has a constant K <= 3840 and ``sorted = 1``;
+- no tensor types TensorRT does not take;
+- inputs that feed shape computations are declared as shape inputs;
+- precision is consistent (TensorRT 11 is strongly typed: the float inputs of
+  an op must share one type, as the graph states).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from .plugin_graph import is_plugin_node
+from .trt_support import (MAX_OPSET, MIN_OPSET, SHAPE_POSITIONS, SUPPORTED_OPS, SUPPORTED_TYPES,
+                          TOPK_MAX_K)
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+# ops whose float inputs must agree (outputs of Cast etc. are what changes a type)
+SAME_TYPE_OPS = {"Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Pow", "Max", "Min", "Sum", "Where", "Concat",
+                 "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"}
+
+
+@dataclass
+class Problem:
+    graph: str
+    node: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.graph}: node {self.node}: {self.reason}"
+
+
+def _type_name(elem: int) -> str:
+    return TensorProto.DataType.Name(elem)
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _constants(nodes, initializers) -> dict:
+    """Statically known tensors: initializers and Constant outputs."""
+    known = {t.name: numpy_helper.to_array(t) for t in initializers
+             if t.data_location != TensorProto.EXTERNAL}  # weights live outside; constants are inline
+    for node in nodes:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == onnx.AttributeProto.TENSOR:
+            known[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return known
+
+
+def _node_label(node, index: int, scope: str) -> str:
+    return f"{scope}{node.name or f'#{index} ({node.op_type})'}"
+
+
+class _Linter:
+    def __init__(self, graph_name: str, model: onnx.ModelProto, shape_inputs: set[str]):
+        self.graph_name = graph_name
+        self.model = model
+        self.shape_inputs = shape_inputs
+        self.functions = {(f.domain, f.name): f for f in model.functions}
+        self.problems: list[Problem] = []
+
+    def report(self, node_label: str, reason: str) -> None:
+        self.problems.append(Problem(self.graph_name, node_label, reason))
+
+    def run(self) -> list[Problem]:
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is None or not MIN_OPSET <= opset <= MAX_OPSET:
+            self.report("(model)", f"opset {opset} is outside TensorRT's supported range {MIN_OPSET}-{MAX_OPSET}")
+        graph = self.model.graph
+        known = _constants(graph.node, graph.initializer)
+        self._check_nodes(graph.node, known, scope="", attrs={})
+        self._check_types()
+        self._check_shape_inputs()
+        self._check_precision()
+        return self.problems
+
+    def _check_nodes(self, nodes, known, scope: str, attrs: dict) -> None:
+        for i, node in enumerate(nodes):
+            label = _node_label(node, i, scope)
+            if node.domain not in ("", "ai.onnx"):
+                fn = self.functions.get((node.domain, node.op_type))
+                if is_plugin_node(node):
+                    continue
+                if fn is None:
+                    self.report(label, f"{node.domain}::{node.op_type} has no TensorRT importer, no plugin "
+                                       f"attributes (plugin_namespace/plugin_version) and no function body")
+                    continue
+                # TensorRT inlines local functions: lint the body with this call's attributes
+                call_attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+                self._check_nodes(fn.node, _constants(fn.node, []), f"{label}/", call_attrs)
+                continue
+            if node.op_type not in SUPPORTED_OPS:
+                self.report(label, f"{node.op_type} has no TensorRT ONNX importer")
+            if node.op_type == "TopK":
+                self._check_topk(node, label, known, attrs)
+            if node.op_type == "Cast" and _type_name(_attr(node, "to", 1)) not in SUPPORTED_TYPES:
+                self.report(label, f"Cast to {_type_name(_attr(node, 'to'))}, a type TensorRT does not take")
+
+    def _check_topk(self, node, label, known, attrs) -> None:
+        if _attr(node, "sorted", 1) != 1:
+            self.report(label, "TopK with sorted=0 (TensorRT requires sorted=1)")
+        k = self._static_k(node.input[1], known, attrs)
+        if k is None:
+            self.report(label, "TopK K is not a build-time constant")
+        elif k > TOPK_MAX_K:
+            self.report(label, f"TopK K={k} exceeds TensorRT's limit of {TOPK_MAX_K}")
+
+    def _static_k(self, name, known, attrs):
+        if name in known:
+            return int(known[name].reshape(-1)[0])
+        # inside a function body: K comes from a Constant bound to a call attribute (ref_attr_name)
+        for fn in self.model.functions:
+            for node in fn.node:
+                if name in node.output or any(name in n.output for n in fn.node if n.op_type == "Reshape"
+                                              and node.output and node.output[0] in n.input):
+                    for a in node.attribute:
+                        if a.ref_attr_name and a.ref_attr_name in attrs:
+                            return int(attrs[a.ref_attr_name])
+        return None
+
+    def _check_types(self) -> None:
+        g = self.model.graph
+        for value in [*g.input, *g.output, *g.value_info]:
+            elem = value.type.tensor_type.elem_type
+            if elem and _type_name(elem) not in SUPPORTED_TYPES:
+                self.report(f"(tensor {value.name})", f"type {_type_name(elem)} is not supported by TensorRT")
+        for init in g.initializer:
+            if _type_name(init.data_type) not in SUPPORTED_TYPES:
+                self.report(f"(initializer {init.name})", f"type {_type_name(init.data_type)} is not supported")
+
+    def _inlined(self) -> onnx.ModelProto:
+        """Functions inlined, plugin nodes kept (for data-flow analysis only)."""
+        import onnx.inliner
+
+        return onnx.inliner.inline_local_functions(self.model)
+
+    def _check_shape_inputs(self) -> None:
+        g = self._inlined().graph
+        consumers: dict[str, list] = {}
+        for node in g.node:
+            for idx, name in enumerate(node.input):
+                consumers.setdefault(name, []).append((node, idx))
+        for inp in g.input:
+            hit = self._reaches_shape_position(inp.name, consumers)
+            if hit and inp.name not in self.shape_inputs:
+                self.report(hit, f"input {inp.name!r} feeds a shape computation but is not declared as a "
+                                 f"shape input (TensorRT needs its values in the optimization profile)")
+
+    @staticmethod
+    def _reaches_shape_position(start: str, consumers) -> str | None:
+        seen, frontier = {start}, [start]
+        while frontier:
+            name = frontier.pop()
+            for node, idx in consumers.get(name, []):
+                if idx in SHAPE_POSITIONS.get(node.op_type, ()):
+                    return node.name or node.op_type
+                if node.op_type in ("Shape", "Size") or is_plugin_node(node):
+                    continue  # shape-of and plugin (device) inputs end the flow
+                for out in node.output:
+                    if out not in seen:
+                        seen.add(out)
+                        frontier.append(out)
+        return None
+
+    def _check_precision(self) -> None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self._inlined(), strict_mode=False)
+        except Exception as exc:  # noqa: BLE001 - report, don't crash the lint
+            self.report("(model)", f"shape inference failed: {str(exc).splitlines()[0]}")
+            return
+        g = inferred.graph
+        types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.output, *g.value_info]}
+        types.update({t.name: t.data_type for t in g.initializer})
+        for i, node in enumerate(g.node):
+            if node.op_type not in SAME_TYPE_OPS:
+                continue
+            start = 1 if node.op_type == "Where" else 0
+            floats = {types.get(n) for n in node.input[start:] if types.get(n) in FLOAT_TYPES}
+            if len(floats) > 1:
+                names = "/".join(sorted(_type_name(t) for t in floats))
+                self.report(_node_label(node, i, ""), f"mixes {names} inputs (TensorRT 11 is strongly typed)")
+
+
+def shape_inputs_of(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs TensorRT will treat as shape tensors (their values belong in the build profile)."""
+    linter = _Linter("graph", model, set())
+    g = linter._inlined().graph
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for idx, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, idx))
+    return [i.name for i in g.input if linter._reaches_shape_position(i.name, consumers)]
+
+
+def lint_model(model: onnx.ModelProto, graph_name: str = "graph", shape_inputs=()) -> list[Problem]:
+    return _Linter(graph_name, model, set(shape_inputs)).run()
+
+
+def check_artifact(path, plugins: bool = False) -> list[Problem]:
+    """Lint every graph of an artifact (the exported form, or the plugin form with ``plugins``)."""
+    from exporter.artifact import GRAPHS, open_artifact
+
+    from .plugin_graph import to_plugin_form
+
+    artifact = open_artifact(path)
+    problems: list[Problem] = []
+    for name in GRAPHS:
+        model = onnx.load(str(artifact.graph_path(name)), load_external_data=False)
+        if plugins:
+            model = to_plugin_form(model)
+        declared = artifact.manifest["graphs"][name].get("shape_inputs", [])
+        problems += lint_model(model, name, declared if not plugins else [])
+    return problems

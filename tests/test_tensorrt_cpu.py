@@ -1,0 +1,158 @@
+"""Everything about the TensorRT path that can be checked without a GPU (issue 4)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from engines.ort_runner import OrtBackend
+from engines.plugin_graph import is_plugin_node, to_plugin_form, write_plugin_form
+from engines.plugin_reference import reference_session
+from engines.trt_build import default_profiles, parse_shapes
+from engines.trt_check import check_artifact, lint_model
+from exporter.artifact import open_artifact
+from exporter.cli import main
+from exporter.errors import RerouteError
+from exporter.inputs import encode
+from exporter.onnx_export import export_artifact
+from exporter.samples import sample
+
+METHODS = ["none", "fastv", "pdrop", "reroute-fastv", "reroute"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, tiny):
+    root = tmp_path_factory.mktemp("trt")
+    return {m: export_artifact("llava-tiny", m, 0.25, out=str(root / m), parity_samples=0, quiet=True,
+                               loaded=tiny)[0] for m in METHODS}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_plugin_form_matches_onnxruntime(artifacts, tiny, method):
+    """The exact graph TensorRT parses, run by onnx.reference with numpy plugin ops, against ORT."""
+    art = open_artifact(artifacts[method])
+    model = to_plugin_form(onnx.load(str(art.graph_path("prefill"))))
+    assert not model.functions
+    assert all(is_plugin_node(n) for n in model.graph.node if n.domain == "reroute")
+    session = reference_session(model)
+    backend = OrtBackend(art)
+    names = [o.name for o in model.graph.output]
+    for i in range(2):
+        prompt, image = sample(i)
+        x = encode(art.processor(), [prompt], [image], tiny.image_token_id, 576)
+        embeds = backend.embed(x.input_ids, backend.vision(x.pixel_values))
+        feeds = {"inputs_embeds": embeds, "visual_start": np.array([x.visual_start])}
+        feeds = {k: v for k, v in feeds.items() if k in {i.name for i in model.graph.input}}
+        got = dict(zip(names, session.run(None, feeds)))
+        want = backend.run("prefill", feeds)
+        for name in names:
+            if name.startswith("routing."):
+                assert np.array_equal(got[name], want[name]), name
+            else:
+                assert np.abs(got[name] - want[name]).max() <= 1e-5, name
+    backend.close()
+
+
+def test_plugin_form_file_keeps_external_weights(artifacts, tmp_path):
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(artifacts["reroute"], copy)
+    out = write_plugin_form(copy / "prefill.onnx")
+    assert out.name == "prefill.plugins.onnx"
+    model = onnx.load(str(out))  # the weights resolve from prefill.onnx.data beside it
+    assert sum(is_plugin_node(n) for n in model.graph.node) == 4 + 4 * 2 + 3  # select, gathers, scatters
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_check_passes_on_exported_artifacts(capsys, artifacts, method):
+    for form in ([], ["--plugins"]):
+        assert main(["check", str(artifacts[method]), *form]) == 0
+        assert "ok:" in capsys.readouterr().out
+
+
+def _prefill(artifacts):
+    return onnx.load(str(open_artifact(artifacts["reroute"]).graph_path("prefill")), load_external_data=False)
+
+
+def test_check_names_an_unsupported_op(artifacts):
+    model = _prefill(artifacts)
+    model.graph.node.append(helper.make_node("Unique", ["logits"], ["u"], name="my_unique"))
+    problems = lint_model(model, "prefill", ["visual_start"])
+    assert any(p.node == "my_unique" and "no TensorRT ONNX importer" in p.reason for p in problems)
+
+
+def test_check_names_topk_over_limit(artifacts):
+    model = _prefill(artifacts)
+    select = next(n for n in model.graph.node if n.op_type == "PoolSelect")
+    next(a for a in select.attribute if a.name == "k").i = 5000
+    problems = lint_model(model, "prefill", ["visual_start"])
+    assert any(select.name in p.node and "K=5000 exceeds" in p.reason for p in problems)
+
+
+def test_check_names_unsorted_topk(artifacts):
+    model = _prefill(artifacts)
+    topk = next(n for f in model.functions for n in f.node if n.op_type == "TopK")
+    next(a for a in topk.attribute if a.name == "sorted").i = 0
+    problems = lint_model(model, "prefill", ["visual_start"])
+    assert any("sorted=0" in p.reason for p in problems)
+
+
+def test_check_flags_undeclared_shape_input_and_mixed_precision(artifacts):
+    model = _prefill(artifacts)
+    assert any("visual_start" in p.reason for p in lint_model(model, "prefill", []))
+    mixed = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"], name="mix")], "g",
+        [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT16, [2]),
+         helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [2])]), opset_imports=[helper.make_opsetid("", 18)])
+    assert any(p.node == "mix" and "strongly typed" in p.reason for p in lint_model(mixed, "toy"))
+
+
+def test_check_cli_fails_with_exit_1_naming_the_node(capsys, artifacts, tmp_path):
+    import shutil
+
+    from exporter.artifact import MANIFEST, sha256_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(artifacts["reroute"], broken)
+    model = onnx.load(str(broken / "prefill.onnx"), load_external_data=False)
+    next(n for f in model.functions for n in f.node if n.op_type == "TopK").attribute[-1].i = 0
+    onnx.save(model, str(broken / "prefill.onnx"))
+    manifest = json.loads((broken / MANIFEST).read_text())
+    manifest["files"]["prefill.onnx"] = sha256_file(broken / "prefill.onnx")
+    (broken / MANIFEST).write_text(json.dumps(manifest))
+    assert main(["check", str(broken)]) == 1
+    out, err = capsys.readouterr()
+    assert "prefill: node" in out and "sorted=0" in out and "problem(s)" in err
+    assert main(["build", str(broken), "--no-plugins"]) == 1  # build runs the check first
+
+
+def test_build_without_tensorrt_says_so(capsys, artifacts):
+    pytest.importorskip  # noqa: B018 - documentation: on a GPU server this test is replaced by test_tensorrt_gpu
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here; tests/test_tensorrt_gpu.py covers the build")
+    except ImportError:
+        pass
+    assert main(["build", str(artifacts["reroute"]), "--no-plugins"]) == 2
+    err = capsys.readouterr().err
+    assert "TensorRT is not installed" in err and "`reroute check` passed" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_default_profiles_follow_the_manifest(artifacts):
+    art = open_artifact(artifacts["reroute"])
+    prefill = default_profiles(art, "prefill")
+    assert prefill["inputs_embeds"] == ((1, 577, 64), (1, 640, 64), (4, 2048, 64))
+    assert prefill["visual_start"] == ((0,), (32,), (2048 - 577,))
+    decode = default_profiles(art, "decode")
+    assert decode["past_key_values.2.key"] == ((1, 4, 180, 16), (1, 4, 64 + 179, 16), (4, 4, 2048 - 576 + 179 - 1, 16))
+    assert "visual_start" not in default_profiles(open_artifact(artifacts["none"]), "prefill")
+    assert parse_shapes("a:1x2,b.c:3") == {"a": (1, 2), "b.c": (3,)}
+    with pytest.raises(RerouteError):
+        parse_shapes("a:1y2")
