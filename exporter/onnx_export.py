@@ -206,7 +206,7 @@ def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, ou
         raise RerouteError(f"{target} already exists; pass --force to replace it")
     if not target.parent.exists():
         target.parent.mkdir(parents=True)
-    progress = Progress(4 + len(GRAPHS) + (parity_samples > 0), quiet)
+    progress = Progress(3 + len(GRAPHS) + (parity_samples > 0), quiet)
     with progress(f"loading {model}"):
         loaded = loaded or load_model(model)
         schedule = make_schedule(loaded.config, method, ratio, layers, keep_ratios)
