@@ -40,22 +40,22 @@ class _Body:
     def const_ints(self, *values: int) -> str:
         return self("Constant", value=helper.make_tensor("c", TensorProto.INT64, [len(values)], list(values)))
 
+    def _attr_constant(self, attr: str, value_kind: str, attr_type) -> str:
+        """A Constant whose value is the function attribute ``attr`` (ref_attr_name)."""
+        self._count += 1
+        node = helper.make_node("Constant", [], [f"a_{attr}_{self._count}"])
+        node.attribute.append(helper.make_attribute_ref(value_kind, attr_type))
+        node.attribute[-1].ref_attr_name = attr
+        self.nodes.append(node)
+        return node.output[0]
+
     def attr_int(self, attr: str) -> str:
         """A [1] int64 tensor holding the function attribute ``attr``."""
-        node = helper.make_node("Constant", [], [f"a_{attr}_{self._count}"])
-        node.attribute.append(helper.make_attribute_ref("value_int", onnx.AttributeProto.INT))
-        node.attribute[-1].ref_attr_name = attr
-        self.nodes.append(node)
-        self._count += 1
-        return self("Reshape", node.output[0], self.const_ints(1))
+        scalar = self._attr_constant(attr, "value_int", onnx.AttributeProto.INT)
+        return self("Reshape", scalar, self.const_ints(1))
 
     def attr_float(self, attr: str) -> str:
-        node = helper.make_node("Constant", [], [f"a_{attr}_{self._count}"])
-        node.attribute.append(helper.make_attribute_ref("value_float", onnx.AttributeProto.FLOAT))
-        node.attribute[-1].ref_attr_name = attr
-        self.nodes.append(node)
-        self._count += 1
-        return node.output[0]
+        return self._attr_constant(attr, "value_float", onnx.AttributeProto.FLOAT)
 
     def dim(self, tensor: str, axis: int) -> str:
         """Shape(tensor)[axis] as a [1] int64 tensor."""

@@ -86,6 +86,7 @@ class _Linter:
         return self.problems
 
     def _check_nodes(self, nodes, known, scope: str, attrs: dict) -> None:
+        producers = {out: node for node in nodes for out in node.output}
         for i, node in enumerate(nodes):
             label = _node_label(node, i, scope)
             if node.domain not in ("", "ai.onnx"):
@@ -103,31 +104,33 @@ class _Linter:
             if node.op_type not in SUPPORTED_OPS:
                 self.report(label, f"{node.op_type} has no TensorRT ONNX importer")
             if node.op_type == "TopK":
-                self._check_topk(node, label, known, attrs)
+                self._check_topk(node, label, self._static_k(node.input[1], known, attrs, producers))
             if node.op_type == "Cast" and _type_name(_attr(node, "to", 1)) not in SUPPORTED_TYPES:
                 self.report(label, f"Cast to {_type_name(_attr(node, 'to'))}, a type TensorRT does not take")
 
-    def _check_topk(self, node, label, known, attrs) -> None:
+    def _check_topk(self, node, label, k: int | None) -> None:
         if _attr(node, "sorted", 1) != 1:
             self.report(label, "TopK with sorted=0 (TensorRT requires sorted=1)")
-        k = self._static_k(node.input[1], known, attrs)
         if k is None:
             self.report(label, "TopK K is not a build-time constant")
         elif k > TOPK_MAX_K:
             self.report(label, f"TopK K={k} exceeds TensorRT's limit of {TOPK_MAX_K}")
 
-    def _static_k(self, name, known, attrs):
-        if name in known:
-            return int(known[name].reshape(-1)[0])
-        # inside a function body: K comes from a Constant bound to a call attribute (ref_attr_name)
-        for fn in self.model.functions:
-            for node in fn.node:
-                if name in node.output or any(name in n.output for n in fn.node if n.op_type == "Reshape"
-                                              and node.output and node.output[0] in n.input):
-                    for a in node.attribute:
-                        if a.ref_attr_name and a.ref_attr_name in attrs:
-                            return int(attrs[a.ref_attr_name])
-        return None
+    @staticmethod
+    def _static_k(name, known, attrs, producers):
+        """Follow K back through shape-preserving ops to a constant, or to a Constant bound to a
+        function attribute (``ref_attr_name``) whose value the calling node gives."""
+        while name not in known:
+            node = producers.get(name)
+            if node is None:
+                return None
+            if node.op_type == "Constant":
+                ref = next((a.ref_attr_name for a in node.attribute if a.ref_attr_name), None)
+                return int(attrs[ref]) if ref in attrs else None
+            if node.op_type not in ("Reshape", "Cast", "Squeeze", "Unsqueeze", "Identity"):
+                return None
+            name = node.input[0]
+        return int(known[name].reshape(-1)[0])
 
     def _check_types(self) -> None:
         g = self.model.graph
