@@ -52,7 +52,13 @@ def cmd_inspect(args) -> int:
 
     report = inspect_report(args.model, args.method, args.ratio, args.layers, args.keep_ratios,
                             args.text_tokens, args.kv_dtype)
+    if args.routing_map or args.image or args.prompt:
+        from .routing_map import format_summary, routing_map_for_cli
+
+        report["routing_map"] = routing_map_for_cli(args)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if report.get("routing_map") and not args.json:
+        print(format_summary(report["routing_map"]))
     return 0
 
 
@@ -147,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count this many text tokens too (default 0: the visual-token convention)")
     p.add_argument("--kv-dtype", choices=["float32", "float16", "bfloat16"], help="KV dtype (default: model's)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--routing-map", metavar="OUT.png", help="draw active/deferred/re-entered patches per decision layer")
+    p.add_argument("--image", help="image for --routing-map")
+    p.add_argument("--prompt", help="prompt for --routing-map (one <image>)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("generate", help="greedy generation for one image and prompt")
@@ -203,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plugins", action="store_true", help="TensorRT: use the no-plugin engines")
     p.set_defaults(func=cmd_parity)
     from .serving_cli import register as _register_serving; _register_serving(sub, _Parser)
+    from .bench_cli import register as _register_bench; _register_bench(sub, _Parser)
     return parser
 
 

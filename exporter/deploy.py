@@ -11,7 +11,11 @@ manifest's graph IO (symbolic dims -> -1) is parsed into tritonclient's
 ``ModelConfig`` protobuf message and printed with ``text_format``, so what is
 written is always a valid message. The graph models use ``max_batch_size: 0``
 with the batch dimension explicit (-1): the graphs have many dynamic dims and
-the pipeline sends one request at a time.
+the pipeline sends one request at a time. Start the server with
+``--disable-auto-complete-config`` (launch.sh does): Triton's auto-complete
+would otherwise turn ``max_batch_size: 0`` into its default batch size for the
+graphs whose every tensor starts with a dynamic dim, then reject their
+explicit batch dims.
 
 Written atomically: a temporary folder beside ``out`` is renamed into place.
 """
@@ -104,8 +108,12 @@ def pipeline_config() -> dict:
 
 def to_pbtxt(config: dict) -> str:
     """A config dict -> the text form of Triton's ModelConfig message (unknown fields are an error)."""
-    from google.protobuf import json_format, text_format
-    from tritonclient.grpc import model_config_pb2
+    try:
+        from google.protobuf import json_format, text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as exc:
+        raise RerouteError(f"reroute deploy needs tritonclient's protobuf messages ({exc}); "
+                           f"pip install 'reroute[serve]'") from None
 
     message = json_format.ParseDict(config, model_config_pb2.ModelConfig())
     return text_format.MessageToString(message)
@@ -129,20 +137,42 @@ def pipeline_settings(artifact: Artifact) -> dict:
     }
 
 
-def engine_path(artifact: Artifact, graph: str) -> Path:
-    return artifact.root / "engines" / f"{graph}.plan"
+def engine_form(plugins: bool) -> str:
+    return "plugins" if plugins else "no-plugins"
 
 
-def _check_engines(artifact: Artifact) -> None:
-    missing = [g for g in GRAPHS if not engine_path(artifact, g).is_file()]
+def engine_path(artifact: Artifact, graph: str, plugins: bool = True) -> Path:
+    """The engine ``reroute build`` wrote for ``graph``: as the manifest records it, else
+    ``engines/<plugins|no-plugins>/NAME.plan``, else a plain ``engines/NAME.plan``."""
+    form = engine_form(plugins)
+    recorded = artifact.manifest.get("engines", {}).get(form, {}).get("graphs", {}).get(graph, {}).get("file")
+    candidates = [artifact.root / recorded] if recorded else []
+    candidates += [artifact.root / "engines" / form / f"{graph}.plan", artifact.root / "engines" / f"{graph}.plan"]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+def plugin_library(artifact: Artifact) -> Path | None:
+    """The token-pool plugin library the plugin-form engines need, if it can be found here."""
+    from engines.plugins import default_library_path
+
+    recorded = artifact.manifest.get("engines", {}).get("plugins", {}).get("plugin_library")
+    for candidate in (recorded, artifact.root / "engines" / PLUGIN_LIBRARY, default_library_path()):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+def _check_engines(artifact: Artifact, plugins: bool) -> None:
+    missing = [g for g in GRAPHS if not engine_path(artifact, g, plugins).is_file()]
     if missing:
+        flag = "--plugins" if plugins else "--no-plugins"
         raise RerouteError(
-            f"{artifact.root} has no TensorRT engines ({', '.join(f'engines/{g}.plan' for g in missing)} missing); "
-            f"run `reroute build {artifact.root}` first"
+            f"{artifact.root} has no {engine_form(plugins)} TensorRT engines for {', '.join(missing)}; "
+            f"run `reroute build {artifact.root} {flag}` first"
         )
 
 
-def _launch_script(backend: str) -> str:
+def _launch_script(backend: str, plugins: bool = True) -> str:
     lines = [
         "#!/usr/bin/env bash",
         "# Start Triton Inference Server on this model repository (in a Triton container, e.g.",
@@ -151,7 +181,7 @@ def _launch_script(backend: str) -> str:
         "set -euo pipefail",
         'REPO="$(cd "$(dirname "$0")" && pwd)"',
     ]
-    if backend == "tensorrt":
+    if backend == "tensorrt" and plugins:
         lines += [
             "# The engines use reroute's TensorRT plugins: preload their library.",
             f'PLUGINS="${{REROUTE_PLUGINS:-$REPO/plugins/{PLUGIN_LIBRARY}}}"',
@@ -159,21 +189,23 @@ def _launch_script(backend: str) -> str:
             f'  echo "launch.sh: $PLUGINS not found; set REROUTE_PLUGINS to {PLUGIN_LIBRARY}" >&2',
             "  exit 2",
             "fi",
-            'LD_PRELOAD="$PLUGINS${LD_PRELOAD:+:$LD_PRELOAD}" exec tritonserver --model-repository "$REPO" "$@"',
+            'LD_PRELOAD="$PLUGINS${LD_PRELOAD:+:$LD_PRELOAD}" exec tritonserver --model-repository "$REPO" \\',
+            '    --disable-auto-complete-config "$@"',
         ]
     else:
-        lines.append('exec tritonserver --model-repository "$REPO" "$@"')
+        lines.append('exec tritonserver --model-repository "$REPO" --disable-auto-complete-config "$@"')
     return "\n".join(lines) + "\n"
 
 
-def _readme(artifact: Artifact, backend: str) -> str:
-    graphs = "\n".join(f"- `{graph_model_name(g)}`: the {g} graph ({'1/model.onnx' if backend == 'onnxruntime' else '1/model.plan'})"
-                       for g in GRAPHS)
-    preload = (f"LD_PRELOAD=$PWD/plugins/{PLUGIN_LIBRARY} " if backend == "tensorrt" else "")
+def _readme(artifact: Artifact, backend: str, plugins: bool = True) -> str:
+    file = "1/model.onnx" if backend == "onnxruntime" else "1/model.plan"
+    graphs = "\n".join(f"- `{graph_model_name(g)}`: the {g} graph ({file})" for g in GRAPHS)
+    preload = f"LD_PRELOAD=$PWD/plugins/{PLUGIN_LIBRARY} " if backend == "tensorrt" and plugins else ""
+    form = f" ({engine_form(plugins)} engines)" if backend == "tensorrt" else ""
     return f"""# reroute Triton model repository
 
 Written by `reroute deploy` from `{artifact.root}` ({artifact.manifest['model']['spec']},
-method {artifact.manifest['method']}, ratio {artifact.manifest['ratio']}), backend {backend}.
+method {artifact.manifest['method']}, ratio {artifact.manifest['ratio']}), backend {backend}{form}.
 
 Models:
 {graphs}
@@ -184,9 +216,13 @@ Models:
 Start the server (Triton container; the Python backend needs numpy, pillow and transformers):
 
 ```bash
-{preload}tritonserver --model-repository $PWD
+{preload}tritonserver --model-repository $PWD --disable-auto-complete-config
 # or: ./launch.sh
 ```
+
+`--disable-auto-complete-config` keeps the configs as written: with auto-complete on, Triton's
+onnxruntime backend would give the graphs whose every tensor has a dynamic first dimension a
+`max_batch_size` of its own and then reject their explicit batch dimension.
 
 Query it:
 
@@ -198,13 +234,18 @@ reroute client --url http://127.0.0.1:8000 --model {PIPELINE_MODEL} --image pict
 
 
 def write_triton_repo(artifact_dir: str | os.PathLike, out_dir: str | os.PathLike, backend: str = "onnxruntime",
-                      force: bool = False) -> Path:
-    """Write the model repository for ``artifact_dir`` to ``out_dir``; returns its path."""
+                      force: bool = False, plugins: bool = True) -> Path:
+    """Write the model repository for ``artifact_dir`` to ``out_dir``; returns its path.
+
+    ``backend="tensorrt"`` takes the engines ``reroute build`` wrote (``plugins``: the plugin-form
+    engines, else the no-plugin ones) and, for the plugin form, copies the plugin library to
+    ``plugins/`` when it can be found (else ``launch.sh`` asks for ``REROUTE_PLUGINS``).
+    """
     if backend not in BACKENDS:
         raise RerouteError(f"unknown deploy backend {backend!r}; choose from {', '.join(BACKENDS)}")
     artifact = open_artifact(artifact_dir)
     if backend == "tensorrt":
-        _check_engines(artifact)
+        _check_engines(artifact, plugins)
     target = Path(out_dir)
     if target.exists() and not force:
         raise RerouteError(f"{target} already exists; pass --force to replace it")
@@ -213,7 +254,7 @@ def write_triton_repo(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        _fill(artifact, tmp, backend)
+        _fill(artifact, tmp, backend, plugins)
         _publish(tmp)
         _replace(tmp, target)
     except BaseException:
@@ -222,7 +263,7 @@ def write_triton_repo(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     return target
 
 
-def _fill(artifact: Artifact, root: Path, backend: str) -> None:
+def _fill(artifact: Artifact, root: Path, backend: str, plugins: bool) -> None:
     for graph in GRAPHS:
         model_dir = root / graph_model_name(graph)
         version = model_dir / "1"
@@ -235,7 +276,7 @@ def _fill(artifact: Artifact, root: Path, backend: str) -> None:
                 # model.onnx names its external data file by its exported name: keep that name beside it.
                 shutil.copyfile(artifact.root / data, version / Path(data).name)
         else:
-            shutil.copyfile(engine_path(artifact, graph), version / "model.plan")
+            shutil.copyfile(engine_path(artifact, graph, plugins), version / "model.plan")
         (model_dir / "config.pbtxt").write_text(to_pbtxt(graph_config(artifact, graph, backend)))
 
     pipeline = root / PIPELINE_MODEL
@@ -246,14 +287,14 @@ def _fill(artifact: Artifact, root: Path, backend: str) -> None:
     (version / "pipeline.json").write_text(json.dumps(pipeline_settings(artifact), indent=2))
     (pipeline / "config.pbtxt").write_text(to_pbtxt(pipeline_config()))
 
-    if backend == "tensorrt":
-        plugins = artifact.root / "engines" / PLUGIN_LIBRARY
-        if plugins.is_file():
+    if backend == "tensorrt" and plugins:
+        library = plugin_library(artifact)
+        if library is not None:
             (root / "plugins").mkdir()
-            shutil.copyfile(plugins, root / "plugins" / PLUGIN_LIBRARY)
-    (root / "README.md").write_text(_readme(artifact, backend))
+            shutil.copyfile(library, root / "plugins" / PLUGIN_LIBRARY)
+    (root / "README.md").write_text(_readme(artifact, backend, plugins))
     launch = root / "launch.sh"
-    launch.write_text(_launch_script(backend))
+    launch.write_text(_launch_script(backend, plugins))
     launch.chmod(launch.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 

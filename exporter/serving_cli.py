@@ -12,8 +12,12 @@ import json
 def cmd_deploy(args) -> int:
     from .deploy import write_triton_repo
 
-    path = write_triton_repo(args.artifact, args.out, backend=args.backend, force=args.force)
+    path = write_triton_repo(args.artifact, args.out, backend=args.backend, force=args.force,
+                             plugins=not args.no_plugins)
     print(f"wrote Triton model repository {path}")
+    if args.backend == "tensorrt" and not args.no_plugins and not (path / "plugins").is_dir():
+        print("note: the plugin library was not found; set REROUTE_PLUGINS=/path/to/libreroute_plugins.so "
+              "for launch.sh (build it with engines/plugins/build.sh)")
     print(f"start it with: {path}/launch.sh   (tritonserver --model-repository {path} --disable-auto-complete-config)")
     return 0
 
@@ -22,7 +26,7 @@ def cmd_serve(args) -> int:
     from .triton_serve import serve
 
     return serve(args.artifact, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch,
-                 model_name=args.model, threads=args.threads)
+                 model_name=args.model, threads=args.threads, plugins=not args.no_plugins)
 
 
 def cmd_client(args) -> int:
@@ -50,7 +54,8 @@ def register(sub, parser_class) -> None:
     p.add_argument("artifact", help="exported artifact folder")
     p.add_argument("--out", required=True, help="model repository folder to write")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
-                   help="onnxruntime: model.onnx per graph; tensorrt: engines/NAME.plan from `reroute build`")
+                   help="onnxruntime: model.onnx per graph; tensorrt: the engines `reroute build` wrote")
+    p.add_argument("--no-plugins", action="store_true", help="tensorrt: deploy the no-plugin engines")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_deploy)
 
@@ -59,6 +64,7 @@ def register(sub, parser_class) -> None:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}: loopback)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    p.add_argument("--no-plugins", action="store_true", help="tensorrt: use the no-plugin engines")
     p.add_argument("--max-batch", type=int, help="largest batch of requests run together (default: the artifact's)")
     p.add_argument("--model", default=MODEL_NAME, help=f"Triton model name (default {MODEL_NAME})")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")

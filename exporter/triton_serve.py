@@ -52,6 +52,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
 SERVE_BACKENDS = ("onnxruntime", "tensorrt")
+STARTUP_ATTEMPTS = 3
+HANDSHAKE_TIMEOUT = "Timeout occurred while waiting for config file"  # PyTriton's proxy, on a slow start
 INSTALL_HINT = "pip install 'reroute[serve]' (nvidia-pytriton, tritonclient[http,grpc])"
 
 
@@ -96,7 +98,7 @@ class Pipeline:
     """Validation + preprocessing of one request, and batched greedy generation over an artifact."""
 
     def __init__(self, artifact_dir: str | os.PathLike, backend: str = "onnxruntime", max_batch: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, plugins: bool = True):
         from .artifact import open_artifact
 
         if backend not in SERVE_BACKENDS:
@@ -111,7 +113,7 @@ class Pipeline:
         if not 1 <= self.max_batch <= limit:
             raise RerouteError(f"--max-batch must be in [1, {limit}] (the artifact's capacity), got {self.max_batch}")
         self.processor = self.artifact.processor()
-        self.backend = _make_backend(self.artifact, backend, threads)
+        self.backend = _make_backend(self.artifact, backend, threads, plugins)
         self._prep_lock = threading.Lock()  # the fast tokenizer is not safe to call from threads at once
 
     def prepare(self, prompt: bytes, image: bytes, max_new_tokens: int) -> Job:
@@ -171,17 +173,14 @@ class Pipeline:
             close()
 
 
-def _make_backend(artifact, backend: str, threads: int | None):
+def _make_backend(artifact, backend: str, threads: int | None, plugins: bool = True):
     if backend == "onnxruntime":
         from engines.ort_runner import OrtBackend
 
         return OrtBackend(artifact, threads=threads)
-    try:
-        from engines.trt_runner import TrtBackend
-    except ImportError as exc:
-        raise RerouteError(f"the tensorrt backend is not available here ({exc}); build engines with "
-                           f"`reroute build` on a machine with TensorRT, or use --backend onnxruntime") from None
-    return TrtBackend(artifact)
+    from engines.trt_runner import TrtBackend  # one-line RerouteErrors for missing TensorRT or engines
+
+    return TrtBackend(artifact, plugins=plugins)
 
 
 class MicroBatcher:
@@ -327,6 +326,75 @@ def _quiet_pytriton_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _processes_from(workspace: str) -> dict[int, list[str]]:
+    """pid -> argv of live processes whose executable lies in ``workspace``: this server's tritonserver and
+    its Python-backend stubs (PyTriton copies both there). Empty where /proc is not available."""
+    found: dict[int, list[str]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    prefix = os.path.join(workspace, "")
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+            zombie = "\nState:\tZ" in (entry / "status").read_text()
+        except OSError:
+            continue
+        if argv and argv[0].startswith(prefix) and not zombie:
+            found[int(entry.name)] = argv
+    return found
+
+
+def _stub_model_folders(processes: dict[int, list[str]]) -> set[Path]:
+    """The /tmp/folderXXXXXX copies tritonserver made of the model (a stub's first argument is its model.py)."""
+    folders = set()
+    for argv in processes.values():
+        if len(argv) > 1 and argv[1].endswith("/model.py"):
+            folder = Path(argv[1]).parent.parent
+            if folder.parent == Path("/tmp") and folder.name.startswith("folder"):
+                folders.add(folder)
+    return folders
+
+
+def _clean_up_after_triton(workspace: str, folders: set[Path], grace_s: float = 5.0) -> None:
+    """What a stopped tritonserver can leave behind: PyTriton's exit is never graceful (its proxy models
+    outlive tritonserver's exit timeout), and now and then a Python-backend stub survives it, orphaned,
+    with its shared-memory region and tritonserver's model folder. End this server's leftovers only."""
+    import time
+
+    for _ in range(3):  # again, in case a tritonserver still starting up spawned a stub meanwhile
+        left = _processes_from(workspace)
+        if not left:
+            break
+        folders = folders | _stub_model_folders(left)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = {pid: argv for pid, argv in _processes_from(workspace).items() if pid in left}
+        for pid in left:  # the stubs ignore SIGTERM when stuck
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    shm = Path("/dev/shm")
+    if shm.is_dir():
+        for region in shm.glob(f"pytrtion{os.getpid()}-*"):  # PyTriton names them after this process
+            try:
+                region.unlink()
+            except OSError:
+                pass
+
+
 def _log_tail(path: Path, lines: int = 20) -> str:
     try:
         tail = path.read_text(errors="replace").splitlines()[-lines:]
@@ -337,7 +405,7 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           backend: str = "onnxruntime", max_batch: int | None = None, model_name: str = MODEL_NAME,
-          threads: int | None = None, log=None, stop: threading.Event | None = None) -> int:
+          threads: int | None = None, log=None, stop: threading.Event | None = None, plugins: bool = True) -> int:
     """Serve an artifact until SIGINT / SIGTERM (or ``stop`` is set); returns 0 after a clean shutdown.
 
     Signal handlers are installed only when called from the main thread.
@@ -352,7 +420,7 @@ def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int =
     except ImportError as exc:
         raise RerouteError(f"reroute serve needs PyTriton ({exc}); {INSTALL_HINT}") from None
 
-    pipeline = Pipeline(artifact_dir, backend, max_batch, threads)
+    pipeline = Pipeline(artifact_dir, backend, max_batch, threads, plugins)
     batcher = MicroBatcher(pipeline.run, pipeline.max_batch)
     stop = stop or threading.Event()
     previous = {}
@@ -364,26 +432,41 @@ def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int =
     triton_log = Path(workspace) / "tritonserver.log"
     config = TritonConfig(http_address=host, http_port=port, allow_grpc=False, allow_metrics=False,
                           exit_timeout_secs=5, log_verbose=0, log_file=triton_log)
-    triton = None
+    handlers = [InferHandler(pipeline, batcher) for _ in range(pipeline.max_batch)]
+    triton, folders = None, set()
     try:
-        triton = Triton(config=config, workspace=os.path.join(workspace, "pytriton"))
-        handlers = [InferHandler(pipeline, batcher) for _ in range(pipeline.max_batch)]
-        triton.bind(
-            model_name=model_name,
-            infer_func=handlers,
-            inputs=[Tensor(name="prompt", dtype=bytes, shape=(1,)),
-                    Tensor(name="image", dtype=bytes, shape=(1,)),
-                    Tensor(name="max_new_tokens", dtype=np.int32, shape=(1,))],
-            outputs=[Tensor(name="text", dtype=bytes, shape=(1,)),
-                     Tensor(name="token_ids", dtype=np.int64, shape=(-1,))],
-            config=ModelConfig(batching=False),
-            strict=True,
-        )
-        try:
-            triton.run()
-        except Exception as exc:
-            log(_log_tail(triton_log))
-            raise RerouteError(f"Triton did not start on {host}:{port}: {type(exc).__name__}: {exc}") from None
+        for attempt in range(1, STARTUP_ATTEMPTS + 1):
+            if stop.is_set():
+                return 0
+            triton = Triton(config=config, workspace=os.path.join(workspace, f"pytriton-{attempt}"))
+            triton.bind(
+                model_name=model_name,
+                infer_func=handlers,
+                inputs=[Tensor(name="prompt", dtype=bytes, shape=(1,)),
+                        Tensor(name="image", dtype=bytes, shape=(1,)),
+                        Tensor(name="max_new_tokens", dtype=np.int32, shape=(1,))],
+                outputs=[Tensor(name="text", dtype=bytes, shape=(1,)),
+                         Tensor(name="token_ids", dtype=np.int64, shape=(-1,))],
+                config=ModelConfig(batching=False),
+                strict=True,
+            )
+            try:
+                triton.run()
+                break
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                try:
+                    triton.stop()
+                finally:
+                    _clean_up_after_triton(workspace, set())
+                triton = None
+                if HANDSHAKE_TIMEOUT not in reason or attempt == STARTUP_ATTEMPTS:
+                    log(_log_tail(triton_log))
+                    raise RerouteError(f"Triton did not start on {host}:{port}: {reason}") from None
+                # PyTriton's model instances wait only 1 s for each other's handshake: a busy machine misses it.
+                log(f"reroute serve: Triton's model instances missed PyTriton's 1 s handshake (a busy CPU?); "
+                    f"starting again ({attempt + 1}/{STARTUP_ATTEMPTS})")
+        folders = _stub_model_folders(_processes_from(workspace))
         log(f"reroute serve: model '{model_name}' ({pipeline.artifact.root}, {backend}, batch <= "
             f"{pipeline.max_batch}) on http://{host}:{port}; Ctrl-C or SIGTERM stops it")
         while not stop.wait(0.5):
@@ -396,6 +479,7 @@ def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int =
             if triton is not None:
                 triton.stop()
         finally:
+            _clean_up_after_triton(workspace, folders)
             batcher.close()
             pipeline.close()
             for sig, handler in previous.items():

@@ -69,6 +69,9 @@ class Server:
         self.proc = subprocess.Popen(command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
         try:
             wait_ready(self.url, startup_s, self.proc)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; its output:\n{self.output()[-3000:]}") from None
         except BaseException:
             self.stop()
             raise
@@ -85,7 +88,8 @@ class Server:
         return self.proc.returncode
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return Path(self.log.name).read_text(errors="replace")
 
 

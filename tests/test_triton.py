@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,16 +108,18 @@ class _Server:
         self.log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        """True once the model is ready; False if the server exited first (its output says why)."""
         import tritonclient.http as httpclient
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"reroute serve exited early:\n{self.output()[-3000:]}"
+            if self.proc.poll() is not None:
+                return False
             client = httpclient.InferenceServerClient(f"127.0.0.1:{self.port}", connection_timeout=5.0)
             try:
                 if client.is_server_ready() and client.is_model_ready("reroute"):
-                    return
+                    return True
             except Exception:
                 pass
             finally:
@@ -133,9 +136,16 @@ class _Server:
 
 @pytest.fixture(scope="module")
 def server(artifact, tmp_path_factory):
-    srv = _Server(artifact, tmp_path_factory.mktemp("serve") / "serve.log")
+    logs = tmp_path_factory.mktemp("serve")
+    srv = _Server(artifact, logs / "serve.log")
     try:
-        srv.wait_ready()
+        if not srv.wait_ready():  # e.g. another process took the free port first: one more try
+            first = srv.output()
+            srv.kill()
+            srv = _Server(artifact, logs / "serve-2.log")
+            if not srv.wait_ready():
+                pytest.fail(f"reroute serve exited early (twice):\n{first[-2000:]}\n---\n{srv.output()[-2000:]}")
+            warnings.warn(f"reroute serve exited early once, started on a second try:\n{first[-2000:]}")
         yield srv
     finally:
         srv.kill()
@@ -207,6 +217,7 @@ def test_deploy_onnxruntime_configs_parse(artifact, tmp_path):
     assert json.loads((version / "pipeline.json").read_text())["models"]["prefill"] == "reroute_prefill"
     launch = (repo / "launch.sh").read_text()
     assert "tritonserver --model-repository" in launch and os.access(repo / "launch.sh", os.X_OK)
+    assert "--disable-auto-complete-config" in launch
     assert "tritonserver --model-repository" in (repo / "README.md").read_text()
     assert not list(tmp_path.glob(".repo*")), "the temporary folder was left behind"
 
@@ -226,25 +237,33 @@ def test_deploy_refuses_existing_out_and_missing_engines(artifact, tmp_path, cap
     assert not (tmp_path / "trt").exists()
 
 
-def test_deploy_tensorrt_configs(artifact, tmp_path):
+@pytest.mark.parametrize("plugins", [True, False], ids=["plugins", "no-plugins"])
+def test_deploy_tensorrt_configs(artifact, tmp_path, plugins):
+    """Engines where `reroute build` puts them (engines/<plugins|no-plugins>/NAME.plan)."""
     from exporter.deploy import GRAPHS, graph_model_name, write_triton_repo
 
     art = tmp_path / "art"
     shutil.copytree(artifact, art)
-    (art / "engines").mkdir()
+    form = "plugins" if plugins else "no-plugins"
+    (art / "engines" / form).mkdir(parents=True)
     for graph in GRAPHS:
-        (art / "engines" / f"{graph}.plan").write_bytes(b"engine:" + graph.encode())
+        (art / "engines" / form / f"{graph}.plan").write_bytes(f"{form}:{graph}".encode())
     (art / "engines" / "libreroute_plugins.so").write_bytes(b"\x7fELF")
-    repo = write_triton_repo(art, tmp_path / "repo", backend="tensorrt")
+    other = "--no-plugins" if plugins else "--plugins"
+    with pytest.raises(RerouteError, match=f"reroute build .* {other}"):
+        write_triton_repo(art, tmp_path / "other", backend="tensorrt", plugins=not plugins)
+    repo = write_triton_repo(art, tmp_path / "repo", backend="tensorrt", plugins=plugins)
     for graph in GRAPHS:
         config = _parse(repo / graph_model_name(graph) / "config.pbtxt")
         assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
-        assert (repo / graph_model_name(graph) / "1" / "model.plan").read_bytes() == b"engine:" + graph.encode()
+        assert config.max_batch_size == 0 and config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+        assert (repo / graph_model_name(graph) / "1" / "model.plan").read_bytes() == f"{form}:{graph}".encode()
         assert not list((repo / graph_model_name(graph) / "1").glob("*.onnx*"))
     assert _parse(repo / "reroute_pipeline" / "config.pbtxt").backend == "python"
     launch = (repo / "launch.sh").read_text()
-    assert "LD_PRELOAD=" in launch and "libreroute_plugins.so" in launch and "tritonserver --model-repository" in launch
-    assert (repo / "plugins" / "libreroute_plugins.so").is_file()
+    assert "tritonserver --model-repository" in launch and "--disable-auto-complete-config" in launch
+    assert ("LD_PRELOAD=" in launch and "libreroute_plugins.so" in launch) == plugins
+    assert (repo / "plugins" / "libreroute_plugins.so").is_file() == plugins
 
 
 # -- the BLS pipeline model, run with a stand-in for triton_python_backend_utils ----------------------------
@@ -343,6 +362,114 @@ def test_pipeline_model_matches_generate(artifact, images, reference, tmp_path, 
     assert "exactly one <image>" in bad_prompt.error().message()
     assert pb.calls[:3] == ["reroute_vision", "reroute_embed", "reroute_prefill"]
     assert pb.calls.count("reroute_decode") == len(want["generated_token_ids"]) - 1
+
+
+STAND_IN_GRAPH_MODEL = """
+import json, os
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:  # stands in for Triton's onnxruntime backend, which PyTriton does not bundle
+    def initialize(self, args):
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self.session = ort.InferenceSession(os.path.join(folder, "model.onnx"), options,
+                                            providers=["CPUExecutionProvider"])
+        self.outputs = [o["name"] for o in json.loads(args["model_config"])["output"]]
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
+            wanted = list(request.requested_output_names()) or self.outputs
+            values = self.session.run(wanted, feeds)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in zip(wanted, values)]))
+        return responses
+"""
+
+
+def test_deployed_repository_on_real_tritonserver(artifact, images, reference, tmp_path):
+    """The repository on PyTriton's bundled tritonserver: reroute_pipeline (model.py, BLS, KV cache) as written;
+    the four graph models swapped for Python-backend stand-ins that run the same model.onnx files (the bundle
+    has no onnxruntime backend)."""
+    import sysconfig
+
+    import pytriton
+
+    from exporter.artifact import GRAPHS, open_artifact
+    from exporter.deploy import PIPELINE_MODEL, graph_config, graph_model_name, to_pbtxt, write_triton_repo
+    from exporter.triton_serve import client_generate
+
+    bundle = Path(pytriton.__file__).parent / "tritonserver"
+    binary = bundle / "bin" / "tritonserver"
+    stub = bundle / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info[1]}" / \
+        "triton_python_backend_stub"
+    libs = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    if not (binary.is_file() and stub.is_file() and (bundle / "backends" / "python").is_dir()):
+        pytest.skip(f"PyTriton's bundled tritonserver layout not found under {bundle}")
+    backends = tmp_path / "backends"
+    shutil.copytree(bundle / "backends", backends)
+    shutil.copy(stub, backends / "python" / "triton_python_backend_stub")
+
+    repo = write_triton_repo(artifact, tmp_path / "repo")
+    art = open_artifact(artifact)
+    for graph in GRAPHS:
+        config = graph_config(art, graph, "onnxruntime")
+        del config["platform"], config["default_model_filename"]
+        config.update(backend="python", instance_group=[{"count": 1, "kind": "KIND_CPU"}])
+        (repo / graph_model_name(graph) / "config.pbtxt").write_text(to_pbtxt(config))
+        (repo / graph_model_name(graph) / "1" / "model.py").write_text(STAND_IN_GRAPH_MODEL)
+
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (sysconfig.get_config_var("LIBDIR"), str(libs),
+                                                         env.get("LD_LIBRARY_PATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+    port = _free_port()
+    shm_prefix = f"reroute_test_{os.getpid()}_{port}_"
+    log = open(tmp_path / "tritonserver.log", "w")
+    proc = subprocess.Popen([str(binary), "--model-repository", str(repo), "--backend-directory", str(backends),
+                             "--disable-auto-complete-config", "--http-address", "127.0.0.1", "--http-port",
+                             str(port), "--allow-grpc", "false", "--allow-metrics", "false",
+                             f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+                             "--exit-timeout-secs", "20"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import tritonclient.http as httpclient
+
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "tritonserver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "tritonserver.log").read_text()[-3000:]
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=5.0)
+            try:
+                if client.is_server_ready() and client.is_model_ready(PIPELINE_MODEL):
+                    break
+            except Exception:
+                pass
+            finally:
+                client.close()
+            time.sleep(0.3)
+        got = client_generate(url, images[4], PROMPT, STEPS, model=PIPELINE_MODEL)
+        assert got["generated_token_ids"] == reference(images[4])["generated_token_ids"]
+        assert got["text"] == reference(images[4])["text"]
+        with pytest.raises(RerouteError, match="input 'max_new_tokens' must be in"):
+            client_generate(url, images[4], PROMPT, 0, model=PIPELINE_MODEL)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        from exporter.triton_serve import _clean_up_after_triton
+
+        _clean_up_after_triton(str(backends), set())  # stubs that outlived it, if any (their binary is ours)
+        for region in Path("/dev/shm").glob(f"{shm_prefix}*"):
+            region.unlink()
 
 
 # -- batching inside the server process ------------------------------------------------------------------
@@ -478,6 +605,19 @@ def test_sigint_stops_server_cleanly(server):
     with socket.socket() as s:  # the port is free again
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", server.port))
+
+
+def test_serve_tensorrt_without_engines_is_one_line_error(artifact, capsys):
+    code = main(["serve", artifact, "--backend", "tensorrt", "--port", str(_free_port())])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "TensorRT" in err or "reroute build" in err
+
+
+def test_limits_agree_with_generate():
+    from exporter import deploy, generation, triton_serve
+
+    assert deploy.MAX_NEW_TOKENS_LIMIT == triton_serve.MAX_NEW_TOKENS_LIMIT == generation.MAX_NEW_TOKENS_LIMIT
 
 
 def test_deploy_rejects_unknown_backend(artifact, tmp_path):

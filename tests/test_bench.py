@@ -1,0 +1,218 @@
+"""`reroute bench`, --fidelity and routing maps on llava-tiny (issue 5), with tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exporter.bench import bench_prompt, evaluate_targets, format_bench, ratio_label, run_bench, run_fidelity
+from exporter.cli import main
+from exporter.errors import RerouteError
+from exporter.inspect_model import make_schedule
+from exporter.routing_map import ACTIVE, DEFERRED, REENTERED, classify_patches, figure_size_px, routing_map
+from graphs.flops import flops, kv_bytes, tokens_per_layer
+
+PROMPT = "USER: <image>\nWhere is the red ball? ASSISTANT:"
+
+
+@pytest.fixture(scope="module")
+def ort_report(tiny):
+    """Both backends, one routed method, profiled, with fidelity: the one bench that exports artifacts."""
+    return run_bench("llava-tiny", methods=["reroute"], ratios=[0.25], backends=["torch", "onnxruntime"], runs=2,
+                     warmup=0, decode_steps=2, fidelity=True, fidelity_samples=2, fidelity_steps=3,
+                     profile_ratios=[0.25], quiet=True, loaded=tiny)
+
+
+@pytest.fixture(scope="module")
+def torch_report(tiny):
+    return run_bench("llava-tiny", methods=["fastv", "reroute"], ratios=[1 / 3], backends=["torch"], runs=2,
+                     warmup=1, decode_steps=2, quiet=True, loaded=tiny)
+
+
+def _rows(report):
+    return {(r["method"], r["backend"]): r for r in report["results"]}
+
+
+def test_json_structure(ort_report):
+    report = json.loads(json.dumps(ort_report))  # JSON-able
+    assert set(report) >= {"model", "decoder", "prompt", "settings", "machine", "packages", "results",
+                           "ort_vs_torch", "profiles", "fidelity"}
+    assert report["prompt"]["tokens"] == 616 and report["prompt"]["text_tokens"] == 40
+    assert report["settings"]["methods"] == ["none", "reroute"] and report["settings"]["runs"] == 2
+    assert "default" in report["settings"]["onnxruntime_threads"]
+    assert report["machine"]["cpu"] and report["machine"]["usable_cores"] >= 1
+    assert {(r["method"], r["backend"]) for r in report["results"]} == {
+        (m, b) for m in ("none", "reroute") for b in ("torch", "onnxruntime")}
+    for r in report["results"]:
+        for key in ("prefill_s", "decode_per_token_s"):
+            s = r[key]
+            assert s["n"] == 2 and s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"] and s["min"] > 0
+        assert set(r["vs_unrouted"]) == {"prefill", "decode_per_token"}
+        peak = r["peak_rss_growth_mib"]["prefill_first_call"]
+        assert peak is None or peak >= 0
+    assert "ratio" in format_bench(ort_report)
+
+
+def test_ratios_are_paired_with_the_same_run_baseline(torch_report):
+    rows = _rows(torch_report)
+    base = rows[("none", "torch")]
+    assert base["vs_unrouted"]["prefill"]["values"] == [1.0, 1.0]
+    for method in ("fastv", "reroute"):
+        r = rows[(method, "torch")]
+        for key, stat in (("prefill_s", "prefill"), ("decode_per_token_s", "decode_per_token")):
+            expected = [v / b for v, b in zip(r[key]["values"], base[key]["values"])]
+            assert r["vs_unrouted"][stat]["values"] == pytest.approx(expected)
+            assert r["vs_unrouted"][stat]["median"] == pytest.approx(float(np.median(expected)))
+    assert torch_report["settings"]["warmup"] == 1 and base["prefill_s"]["n"] == 2
+
+
+def test_kv_bytes_from_real_tensors_equal_the_schedule(ort_report, tiny):
+    cfg = tiny.decoder_config
+    for r in ort_report["results"]:
+        schedule = make_schedule(tiny.config, r["method"], 0.25)
+        predicted = kv_bytes(cfg, tokens_per_layer(schedule, 40), 4)
+        assert r["kv_bytes"]["measured"] == r["kv_bytes"]["predicted"] == predicted and r["kv_bytes"]["match"]
+        assert r["kv_bytes"]["tokens_per_layer_measured"] == tokens_per_layer(schedule, 40)
+    rows = _rows(ort_report)
+    assert rows[("reroute", "onnxruntime")]["kv_bytes"]["measured"] < rows[("none", "onnxruntime")]["kv_bytes"]["measured"]
+
+
+def test_tflops_match_flops(torch_report, tiny):
+    cfg = tiny.decoder_config
+    for r in torch_report["results"]:
+        schedule = make_schedule(tiny.config, r["method"], 1 / 3)
+        for conv, text in (("visual", 0), ("all_tokens", 40)):
+            ref = flops(cfg, schedule, text)
+            t = r["tflops"][conv]
+            assert t["full"] == pytest.approx(ref.full / 1e12)
+            assert t["routed"] == pytest.approx(ref.routed / 1e12)
+            assert t["scoring_overhead"] == pytest.approx(ref.scoring / 1e12)
+            assert t["ratio"] == pytest.approx((ref.routed + ref.scoring) / ref.full)
+    assert _rows(torch_report)[("none", "torch")]["tflops"]["all_tokens"]["ratio"] == 1.0
+
+
+def test_ort_vs_torch_profiles_and_targets(ort_report):
+    (row,) = [x for x in ort_report["ort_vs_torch"] if x["method"] == "reroute"]
+    assert row["prefill_ort_over_torch"]["median"] > 0 and row["prefill_ort_over_torch"]["n"] == 2
+    ort = [p for p in ort_report["profiles"] if p["backend"] == "onnxruntime"]
+    assert {(p["method"], p["graph"]) for p in ort} == {(m, g) for m in ("none", "reroute")
+                                                        for g in ("prefill", "decode")}
+    for p in ort:
+        assert len(p["by_layer_ms"]) == 32 and p["node_ms"] > 0 and p["by_op"]
+    torch_profiles = [p for p in ort_report["profiles"] if p["backend"] == "torch"]
+    assert {p["method"] for p in torch_profiles} == {"none", "reroute"} and all(p["by_op"] for p in torch_profiles)
+    routed = next(p for p in ort if p["method"] == "reroute" and p["graph"] == "prefill")
+    assert routed["by_part"].get("routing", 0) > 0  # the inlined pool ops
+    targets = evaluate_targets(ort_report, 0.25)
+    assert {t["target"] for t in targets} == {"a", "c", "d"}  # (b) needs pdrop / fastv too
+    assert all(isinstance(t["passed"], bool) and t["detail"] for t in targets)
+
+
+def test_fidelity_fields(ort_report):
+    fid = ort_report["fidelity"]
+    assert fid["random_weights"] and "NOTHING about accuracy" in fid["note"]
+    (row,) = fid["rows"]
+    assert row["method"] == "reroute" and row["ratio_label"] == "1/4"
+    assert 0 <= row["top1_agreement"] <= 1 and 0 <= row["greedy_token_agreement"] <= 1
+    assert row["kl_unrouted_routed"] >= 0 and 0 <= row["greedy_common_prefix"] <= 3
+    assert "NOTHING about accuracy" in format_bench(ort_report)
+
+
+def test_fidelity_of_identity_routing_is_perfect(tiny):
+    fid = run_fidelity(tiny, ["reroute", "pdrop"], [1.0], samples=1, steps=3)
+    for row in fid["rows"]:
+        assert row["top1_agreement"] == 1.0 and row["greedy_token_agreement"] == 1.0
+        assert row["kl_unrouted_routed"] < 1e-6
+
+
+def test_bench_prompt_has_exact_text_tokens(tiny):
+    for n in (25, 40, 41):
+        prompt = bench_prompt(tiny.processor, n)
+        assert len(tiny.processor.tokenizer(prompt)["input_ids"]) - 1 == n
+    with pytest.raises(RerouteError, match="text-tokens"):
+        bench_prompt(tiny.processor, 3)
+    assert [ratio_label(r) for r in (1 / 3, 2 / 9, 0.25, 0.3)] == ["1/3", "2/9", "1/4", "3/10"]
+
+
+def test_classify_patches_hand_made():
+    states = classify_patches([np.array([0, 1, 2, 3]), np.array([2, 3, 4, 5]), np.array([0, 4])], 9)
+    assert states[0].tolist() == [ACTIVE] * 4 + [DEFERRED] * 5
+    assert states[1].tolist() == [DEFERRED, DEFERRED, ACTIVE, ACTIVE, REENTERED, REENTERED, DEFERRED, DEFERRED,
+                                  DEFERRED]
+    # 0 was deferred at the previous decision (re-enters), 4 stays active
+    assert states[2].tolist() == [REENTERED, DEFERRED, DEFERRED, DEFERRED, ACTIVE] + [DEFERRED] * 4
+    deletion = classify_patches([np.array([1, 3, 5, 7]), np.array([3, 7])], 9)  # survivors only
+    assert not (deletion == REENTERED).any()
+    for bad in ([np.array([0, 9])], [np.array([1, 1])], [np.array([[0, 1]])]):
+        with pytest.raises(ValueError):
+            classify_patches(bad, 9)
+
+
+@pytest.mark.parametrize("method,decisions", [("reroute", 4), ("fastv", 1)])
+def test_routing_map_png(tiny, tmp_path, image_files, method, decisions):
+    out = tmp_path / f"{method}.png"
+    summary = routing_map("llava-tiny", image_files[0], PROMPT, method, 0.25, out, loaded=tiny)
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size == figure_size_px(decisions)
+    schedule = make_schedule(tiny.config, method, 0.25)
+    assert [p["layer"] for p in summary["per_layer"]] == list(schedule.layers)
+    for p, k in zip(summary["per_layer"], schedule.k):
+        assert p["active"] + p["re-entered"] == k and p["deferred"] == 576 - k
+    assert summary["per_layer"][0]["re-entered"] == 0
+    if method == "fastv":
+        assert all(p["re-entered"] == 0 for p in summary["per_layer"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_cli_routing_map_and_errors(capsys, tmp_path, image_files):
+    out = tmp_path / "map.png"
+    base = ["inspect", "--model", "llava-tiny", "--ratio", "0.25"]
+    assert main([*base, "--image", image_files[1], "--prompt", PROMPT, "--routing-map", str(out)]) == 0
+    assert out.is_file() and "routing map written" in capsys.readouterr().out
+    cases = [
+        ([*base, "--routing-map", str(out)], "needs --image and --prompt"),
+        ([*base, "--image", image_files[1], "--prompt", PROMPT], "--routing-map"),
+        ([*base, "--image", str(tmp_path / "nope.png"), "--prompt", PROMPT, "--routing-map", str(out)],
+         "image not found"),
+        ([*base, "--image", image_files[1], "--prompt", "no placeholder", "--routing-map", str(out)], "<image>"),
+        ([*base, "--image", image_files[1], "--prompt", PROMPT, "--routing-map", str(tmp_path / "x" / "m.png")],
+         "does not exist"),
+        ([*base, "--image", image_files[1], "--prompt", PROMPT, "--routing-map", str(tmp_path / "m.jpg")], ".png"),
+        ([*base, "--method", "none", "--image", image_files[1], "--prompt", PROMPT, "--routing-map", str(out)],
+         "no routing decisions"),
+    ]
+    for argv, needle in cases:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_cli_bench_json_out_and_errors(capsys, tmp_path):
+    code = main(["bench", "--model", "llava-tiny", "--methods", "fastv", "--ratios", "1/3", "--backends", "torch",
+                 "--runs", "1", "--warmup", "0", "--decode-steps", "1", "--json", "--out", str(tmp_path)])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["settings"]["ratio_labels"] == ["1/3"]
+    assert json.loads((tmp_path / "bench_results.json").read_text())["results"] == data["results"]
+    base = ["bench", "--model", "llava-tiny", "--backends", "torch", "--quiet"]
+    for argv, needle in [
+        ([*base, "--methods", "fastv,nope"], "unknown method"),
+        ([*base, "--methods", "none"], "at least one routed method"),
+        ([*base, "--ratios", "0"], "(0, 1]"),
+        ([*base, "--ratios", "1.5"], "(0, 1]"),
+        (["bench", "--model", "llava-tiny", "--backends", "tensorrt"], "unknown backend"),
+        ([*base, "--runs", "0"], "--runs"),
+        ([*base, "--decode-steps", "0"], "--decode-steps"),
+        ([*base, "--methods", "fastv", "--ratios", "0.05"], "infeasible"),
+        ([*base, "--methods", "fastv", "--text-tokens", "3", "--runs", "1"], "--text-tokens"),
+        (["bench", "--model", "nope"], "unknown model"),
+        ([*base, "--out", str(tmp_path / "bench_results.json")], "must be a folder"),
+    ]:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--ratios", "a/b"])
+    assert exc.value.code == 2 and "expected ratios" in capsys.readouterr().err
