@@ -52,7 +52,7 @@ def register(sub, parser_class) -> None:
 
     p = sub.add_parser("deploy", help="write a Triton Inference Server model repository for an artifact")
     p.add_argument("artifact", help="exported artifact folder")
-    p.add_argument("--out", required=True, help="model repository folder to write")
+    p.add_argument("--triton-repo", "--out", dest="out", required=True, help="model repository folder to write")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"],
                    help="onnxruntime: model.onnx per graph; tensorrt: the engines `reroute build` wrote")
     p.add_argument("--no-plugins", action="store_true", help="tensorrt: deploy the no-plugin engines")
