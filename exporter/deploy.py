@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from .artifact import GRAPHS, Artifact, open_artifact
+from .atomic import publish, replace_dir
 from .errors import RerouteError
 
 BACKENDS = ("onnxruntime", "tensorrt")
@@ -255,8 +256,8 @@ def write_triton_repo(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         _fill(artifact, tmp, backend, plugins)
-        _publish(tmp)
-        _replace(tmp, target)
+        publish(tmp, executables=("launch.sh",))
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -296,26 +297,3 @@ def _fill(artifact: Artifact, root: Path, backend: str, plugins: bool) -> None:
     launch = root / "launch.sh"
     launch.write_text(_launch_script(backend, plugins))
     launch.chmod(launch.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-
-
-def _publish(directory: Path) -> None:
-    """Ordinary permissions for the finished folder (mkdtemp creates it private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [directory, *directory.rglob("*")]:
-        executable = path.is_dir() or path.name == "launch.sh"
-        os.chmod(path, (0o777 if executable else 0o666) & ~umask)
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Move the finished folder into place; an old one (``force``) goes only after the new one is there."""
-    backup = None
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, backup)
-    os.rename(tmp, target)
-    if backup is not None:
-        if backup.is_dir() and not backup.is_symlink():
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            backup.unlink()

@@ -24,6 +24,7 @@ from graphs.llava import MergeEmbedding, VisionEncoder
 from graphs.routed import RoutedDecoder
 
 from .artifact import FORMAT_VERSION, GRAPHS, MANIFEST, sha256_file
+from .atomic import publish, replace_dir
 from .errors import RerouteError
 from .inputs import encode
 from .inspect_model import make_schedule
@@ -234,28 +235,9 @@ def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, ou
                                     loaded=loaded)
                 report["artifact"] = str(target.resolve())
                 write_report(report, tmp / "parity.json")
-        _publish(tmp)
-        _replace(tmp, target)
+        publish(tmp)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target, report
-
-
-def _publish(directory: Path) -> None:
-    """Give the finished folder ordinary permissions (mkdtemp and some writers create them private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [directory, *directory.rglob("*")]:
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    """Move the finished folder into place; an old one (``--force``) goes only after the new one is there."""
-    backup = None
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, backup)
-    os.rename(tmp, target)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)

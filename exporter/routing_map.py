@@ -122,6 +122,9 @@ def draw_routing_map(image: np.ndarray, states: np.ndarray, layers, action: str,
     try:
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format="png", dpi=DPI)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp files are private; a PNG is not
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

@@ -427,6 +427,10 @@ def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int =
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     _python_backend_env()
+    # Tensors travel base64-encoded over PyTriton's sockets instead of its shared-memory tensor store: our
+    # requests are small, and the store's manager process makes the first model instance so slow to start
+    # on a busy machine that the others miss PyTriton's 1 s handshake (and it can outlive the server).
+    os.environ.setdefault("PYTRITON_NO_TENSORSTORE", "1")
     _quiet_pytriton_logs()
     workspace = tempfile.mkdtemp(prefix="reroute-triton-")
     triton_log = Path(workspace) / "tritonserver.log"

@@ -66,6 +66,8 @@ def test_ratios_are_paired_with_the_same_run_baseline(torch_report):
             expected = [v / b for v, b in zip(r[key]["values"], base[key]["values"])]
             assert r["vs_unrouted"][stat]["values"] == pytest.approx(expected)
             assert r["vs_unrouted"][stat]["median"] == pytest.approx(float(np.median(expected)))
+            assert r["vs_unrouted_best"][stat] == pytest.approx(min(r[key]["values"]) / min(base[key]["values"]))
+        assert 0 < r["cpu_share"]["prefill"]["median"] <= 1.5  # CPU time / (wall x cores)
     assert torch_report["settings"]["warmup"] == 1 and base["prefill_s"]["n"] == 2
 
 
@@ -106,9 +108,12 @@ def test_ort_vs_torch_profiles_and_targets(ort_report):
     assert {p["method"] for p in torch_profiles} == {"none", "reroute"} and all(p["by_op"] for p in torch_profiles)
     routed = next(p for p in ort if p["method"] == "reroute" and p["graph"] == "prefill")
     assert routed["by_part"].get("routing", 0) > 0  # the inlined pool ops
-    targets = evaluate_targets(ort_report, 0.25)
-    assert {t["target"] for t in targets} == {"a", "c", "d"}  # (b) needs pdrop / fastv too
-    assert all(isinstance(t["passed"], bool) and t["detail"] for t in targets)
+    for stat in ("best", "median"):
+        targets = evaluate_targets(ort_report, 0.25, stat=stat)
+        assert {t["target"] for t in targets} == {"a", "c", "d"}  # (b) needs pdrop / fastv too
+        assert all(isinstance(t["passed"], bool) and t["detail"] and t["stat"] == stat for t in targets)
+    (d,) = [t for t in evaluate_targets(ort_report, 0.25) if t["target"] == "d"]
+    assert d["value"] == pytest.approx(row["best"]["prefill"])
 
 
 def test_fidelity_fields(ort_report):
