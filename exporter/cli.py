@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count this many text tokens too (default 0: the visual-token convention)")
     p.add_argument("--kv-dtype", choices=["float32", "float16", "bfloat16"], help="KV dtype (default: model's)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--routing-map", metavar="OUT.png", help="draw active/deferred/re-entered patches per decision layer")
+    p.add_argument("--routing-map", metavar="OUT.png",
+                   help="draw active/deferred/re-entered patches per decision layer")
     p.add_argument("--image", help="image for --routing-map")
     p.add_argument("--prompt", help="prompt for --routing-map (one <image>)")
     p.set_defaults(func=cmd_inspect)

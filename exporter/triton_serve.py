@@ -53,7 +53,9 @@ DEFAULT_PORT = 8000
 MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
 SERVE_BACKENDS = ("onnxruntime", "tensorrt")
 STARTUP_ATTEMPTS = 3
-HANDSHAKE_TIMEOUT = "Timeout occurred while waiting for config file"  # PyTriton's proxy, on a slow start
+# A model instance of PyTriton's proxy that could not reach the first instance's handshake server in its 1 s
+# (a timeout, or a refused connection while that server starts): a busy machine; starting again helps.
+HANDSHAKE_FAILURES = ("get_config_from_handshake_server", "Timeout occurred while waiting for config file")
 INSTALL_HINT = "pip install 'reroute[serve]' (nvidia-pytriton, tritonclient[http,grpc])"
 
 
@@ -464,7 +466,7 @@ def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int =
                 finally:
                     _clean_up_after_triton(workspace, set())
                 triton = None
-                if HANDSHAKE_TIMEOUT not in reason or attempt == STARTUP_ATTEMPTS:
+                if not any(m in reason for m in HANDSHAKE_FAILURES) or attempt == STARTUP_ATTEMPTS:
                     log(_log_tail(triton_log))
                     raise RerouteError(f"Triton did not start on {host}:{port}: {reason}") from None
                 # PyTriton's model instances wait only 1 s for each other's handshake: a busy machine misses it.

@@ -133,7 +133,6 @@ def test_check_cli_fails_with_exit_1_naming_the_node(capsys, artifacts, tmp_path
 
 
 def test_build_without_tensorrt_says_so(capsys, artifacts):
-    pytest.importorskip  # noqa: B018 - documentation: on a GPU server this test is replaced by test_tensorrt_gpu
     try:
         import tensorrt  # noqa: F401
         pytest.skip("TensorRT is installed here; tests/test_tensorrt_gpu.py covers the build")

@@ -127,10 +127,15 @@ class _Server:
             time.sleep(0.3)
         pytest.fail(f"reroute serve not ready after {timeout} s:\n{self.output()[-3000:]}")
 
-    def kill(self) -> None:
+    def stop(self) -> None:
+        """SIGTERM (so the server cleans up after tritonserver), SIGKILL only if it hangs."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
         self.log.close()
 
 
@@ -141,14 +146,14 @@ def server(artifact, tmp_path_factory):
     try:
         if not srv.wait_ready():  # e.g. another process took the free port first: one more try
             first = srv.output()
-            srv.kill()
+            srv.stop()
             srv = _Server(artifact, logs / "serve-2.log")
             if not srv.wait_ready():
                 pytest.fail(f"reroute serve exited early (twice):\n{first[-2000:]}\n---\n{srv.output()[-2000:]}")
             warnings.warn(f"reroute serve exited early once, started on a second try:\n{first[-2000:]}")
         yield srv
     finally:
-        srv.kill()
+        srv.stop()
 
 
 @pytest.fixture()
