@@ -13,7 +13,7 @@ from engines.ort_runner import OrtBackend
 from engines.plugin_graph import is_plugin_node, to_plugin_form, write_plugin_form
 from engines.plugin_reference import reference_session
 from engines.trt_build import default_profiles, parse_shapes
-from engines.trt_check import check_artifact, lint_model
+from engines.trt_check import lint_model
 from exporter.artifact import open_artifact
 from exporter.cli import main
 from exporter.errors import RerouteError
