@@ -227,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("reroute: interrupted\n")
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly, no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

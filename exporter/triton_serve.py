@@ -22,6 +22,14 @@ graphs need one ``visual_start`` and equal lengths), up to the artifact's
 differ (the batch runs to the largest and each answer is cut to its own).
 Batched and single runs give the same tokens on the tiny model (tests check
 it); ``--max-batch 1`` turns batching off.
+
+PyTriton quirks handled here: its Python-backend stub needs this interpreter's
+libpython (LD_LIBRARY_PATH), tensors go base64 over its sockets
+(``PYTRITON_NO_TENSORSTORE``: no shared-memory manager process to start slowly
+or outlive the server), a start whose model instances miss PyTriton's 1 s
+handshake on a busy machine is retried (3 tries), and what tritonserver's
+always non-graceful exit leaves (an orphaned stub, its shared memory, its
+model folder) is cleaned up.
 """
 
 from __future__ import annotations
