@@ -179,6 +179,8 @@ def _launch_script(backend: str, plugins: bool = True) -> str:
         "# Start Triton Inference Server on this model repository (in a Triton container, e.g.",
         "# nvcr.io/nvidia/tritonserver:<yy.mm>-py3, with numpy, pillow and transformers installed",
         "# for the Python backend). Extra arguments go to tritonserver, e.g. --http-port 8000.",
+        "# The Python backend's interpreter ignores PYTHONPATH: it uses the site-packages of the first",
+        "# python3 on PATH, so put a virtualenv's bin/ first on PATH if the packages live there.",
         "set -euo pipefail",
         'REPO="$(cd "$(dirname "$0")" && pwd)"',
     ]

@@ -431,7 +431,9 @@ def test_deployed_repository_on_real_tritonserver(artifact, images, reference, t
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (sysconfig.get_config_var("LIBDIR"), str(libs),
                                                          env.get("LD_LIBRARY_PATH")) if p)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+    # The Python-backend stub embeds an interpreter that ignores PYTHONPATH and takes its prefix (and so its
+    # site-packages) from the first `python3` on PATH: put this interpreter's (the venv's) first.
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
     port = _free_port()
     shm_prefix = f"reroute_test_{os.getpid()}_{port}_"
     log = open(tmp_path / "tritonserver.log", "w")
