@@ -424,7 +424,7 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
               backends=BACKENDS, runs: int = 3, warmup: int = 1, decode_steps: int = 8, text_tokens: int = 40,
               fidelity: bool = False, fidelity_samples: int = 4, fidelity_steps: int = 8,
               artifacts: str | None = None, keep_artifacts: bool = True, profile_ratios=(), torch_ratios=None,
-              quiet: bool = False, loaded=None, pause_s: float = 0.02) -> dict:
+              quiet: bool = False, loaded=None, pause_s: float = 0.02, min_cpu_share: float = 0.9) -> dict:
     """Run the benchmark; returns a JSON-able dict (see ``docs/BENCHMARKS.md`` for the fields).
 
     ``artifacts``: folder where exported artifacts are kept and reused (default: a
@@ -432,7 +432,8 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
     their ratio group, as they are with ``keep_artifacts=False``). ``profile_ratios``:
     ratios whose ONNX Runtime prefill and decode (and torch prefill) are also run once
     under a profiler (per-op and per-layer time). ``torch_ratios``: measure the torch
-    backend only at these ratios (default: at every ratio).
+    backend only at these ratios (default: at every ratio). ``min_cpu_share``: rounds in
+    which any timed call got less than this share of the cores are repeated (0 disables).
     """
     import torch
 
@@ -447,6 +448,8 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
     ratios = _dedupe([float(r) for r in ratios])
     backends = _dedupe([b.strip() for b in backends])
     _check_args(methods, ratios, backends, runs, warmup, decode_steps, text_tokens)
+    if not 0.0 <= min_cpu_share <= 1.0:
+        raise RerouteError(f"--min-cpu-share must be in [0, 1], got {min_cpu_share}")
     routed_methods = [m for m in methods if m != BASELINE]
     profile_ratios = [float(r) for r in profile_ratios or ()]
 
@@ -523,7 +526,7 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
             here = [b for b in backends if b != "torch" or torch_ratios is None
                     or any(abs(ratio - r) < 1e-9 for r in torch_ratios)]
             group = _run_group(ratio, configs, here, loaded, paths, decode_ort, embeds, v0, seq_len, table,
-                               runs, warmup, decode_steps, progress, mem, pause_s)
+                               runs, warmup, decode_steps, progress, mem, pause_s, min_cpu_share)
             for s in configs:
                 th = theory(cfg, s, text)
                 for b in here:
@@ -569,6 +572,9 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
             "warmup": warmup, "decode_steps": decode_steps, "text_tokens": text,
             "interleaving": "per ratio group: for each run index, for each backend: none, then each routed "
                             "method in turn; ratios are paired by run index",
+            "contention_guard": f"a round in which any call got < {min_cpu_share} of the usable cores (process CPU "
+                                "time / (wall x cores)) is set aside and repeated (at most 2 x runs extra rounds)"
+                                if min_cpu_share > 0 else "off",
             "onnxruntime_threads": "default (intra_op_num_threads=0: one per physical core)",
             "torch_ratios": None if torch_ratios is None else [float(r) for r in torch_ratios],
             "profile_ratios": profile_ratios,
@@ -589,8 +595,14 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
 
 
 def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, seq_len, table, runs, warmup,
-               decode_steps, progress, mem, pause_s) -> dict:
-    """Interleaved timing of one ratio group. Returns {(method, backend): measurements}."""
+               decode_steps, progress, mem, pause_s, min_cpu_share: float = 0.0) -> dict:
+    """Interleaved timing of one ratio group. Returns {(method, backend): measurements}.
+
+    A round is one call sequence over every (backend, config). With ``min_cpu_share > 0`` a round in
+    which any call got less than that share of the usable cores (process CPU time / (wall x cores): other
+    work took them) is set aside and repeated, up to ``2 * runs`` extra rounds; if too few rounds are
+    clean, the least contended of the set-aside ones fill up (and are counted as such).
+    """
     runners, data = {}, {}
     for b in backends:
         for s in configs:
@@ -604,50 +616,80 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
                 data[(s.method, b)] = {"session_mib": _mib(mem.peak_growth())}
             data[(s.method, b)].update(prefill=[], decode=[], peak_prefill=None, peak_decode=None, prefill_cpu=[],
                                        decode_cpu=[])
-    positions0 = seq_len
     cores = _usable_cores()
+
+    def one_round() -> dict:
+        record = {}
+        for b in backends:
+            for s in configs:
+                key = (s.method, b)
+                d, runner = data[key], runners[key]
+                first = d["peak_prefill"] is None
+                if first:
+                    mem.start()
+                time.sleep(pause_s)
+                c0, t0 = time.process_time(), time.perf_counter()
+                logits, cache = runner.prefill(embeds, v0)
+                t_pre = time.perf_counter() - t0
+                cpu_pre = (time.process_time() - c0) / (t_pre * cores)
+                if first:
+                    d["peak_prefill"] = _mib(mem.peak_growth())
+                    d["kv_measured"] = runner.kv_nbytes(cache)
+                    d["kv_lengths"] = runner.kv_lengths(cache)
+                    d["first_token"] = int(np.argmax(logits[0]))
+                    mem.start()
+                token = int(np.argmax(logits[0]))
+                steps = cpu = 0.0
+                for step in range(decode_steps):
+                    emb = table[token][None, None].copy()
+                    pos = np.array([[seq_len + step]], dtype=np.int64)
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    logits, cache = runner.decode(emb, pos, cache)
+                    steps += time.perf_counter() - t0
+                    cpu += time.process_time() - c0
+                    token = int(np.argmax(logits[0]))
+                if first:
+                    d["peak_decode"] = _mib(mem.peak_growth()) if b == "torch" else None
+                record[key] = (t_pre, steps / decode_steps, cpu_pre, cpu / (steps * cores))
+                del cache, logits
+        return record
+
+    def share(record) -> float:
+        return min(min(v[2], v[3]) for v in record.values())
+
+    clean, aside = [], []
     try:
-        for it in range(warmup + runs):
-            timed = it >= warmup
-            label = f"run {it - warmup + 1}/{runs}" if timed else f"warm-up {it + 1}/{warmup}"
-            with progress(f"ratio {ratio_label(ratio)}: {label} ({len(configs)} configs x {len(backends)} "
-                          f"backend(s), interleaved)"):
-                for b in backends:
-                    for s in configs:
-                        key = (s.method, b)
-                        d, runner = data[key], runners[key]
-                        first = d["peak_prefill"] is None
-                        if first:
-                            mem.start()
-                        time.sleep(pause_s)
-                        c0, t0 = time.process_time(), time.perf_counter()
-                        logits, cache = runner.prefill(embeds, v0)
-                        t_pre = time.perf_counter() - t0
-                        cpu_pre = (time.process_time() - c0) / (t_pre * cores)
-                        if first:
-                            d["peak_prefill"] = _mib(mem.peak_growth())
-                            d["kv_measured"] = runner.kv_nbytes(cache)
-                            d["kv_lengths"] = runner.kv_lengths(cache)
-                            d["first_token"] = int(np.argmax(logits[0]))
-                            mem.start()
-                        token = int(np.argmax(logits[0]))
-                        steps = cpu = 0.0
-                        for step in range(decode_steps):
-                            emb = table[token][None, None].copy()
-                            pos = np.array([[positions0 + step]], dtype=np.int64)
-                            c0, t0 = time.process_time(), time.perf_counter()
-                            logits, cache = runner.decode(emb, pos, cache)
-                            steps += time.perf_counter() - t0
-                            cpu += time.process_time() - c0
-                            token = int(np.argmax(logits[0]))
-                        if first:
-                            d["peak_decode"] = _mib(mem.peak_growth()) if b == "torch" else None
-                        if timed:
-                            d["prefill"].append(t_pre)
-                            d["decode"].append(steps / decode_steps)
-                            d["prefill_cpu"].append(cpu_pre)
-                            d["decode_cpu"].append(cpu / (steps * cores))
-                        del cache, logits
+        for it in range(warmup):
+            with progress(f"ratio {ratio_label(ratio)}: warm-up {it + 1}/{warmup} ({len(configs)} configs x "
+                          f"{len(backends)} backend(s), interleaved)"):
+                one_round()
+        attempt = 0
+        while len(clean) < runs and attempt < 3 * runs:
+            attempt += 1
+            with progress(f"ratio {ratio_label(ratio)}: run {len(clean) + 1}/{runs} ({len(configs)} configs x "
+                          f"{len(backends)} backend(s), interleaved)"):
+                record = one_round()
+                if share(record) >= min_cpu_share:
+                    clean.append(record)
+                else:
+                    aside.append(record)
+                    progress.total += 1
+                    if not progress.quiet:
+                        progress.stream.write(f" set aside (CPU share {share(record):.2f} < {min_cpu_share}: "
+                                              "other work took the cores), repeating ...")
+        aside.sort(key=share, reverse=True)
+        used = clean + aside[: runs - len(clean)]
+        for record in used:
+            for key, (t_pre, t_dec, c_pre, c_dec) in record.items():
+                d = data[key]
+                d["prefill"].append(t_pre)
+                d["decode"].append(t_dec)
+                d["prefill_cpu"].append(c_pre)
+                d["decode_cpu"].append(c_dec)
+        rounds = {"clean": len(clean), "set_aside": len(aside), "contended_used": len(used) - len(clean),
+                  "min_cpu_share": min_cpu_share}
+        for d in data.values():
+            d["rounds"] = rounds
     finally:
         for r in runners.values():
             r.close()
@@ -684,6 +726,7 @@ def _result_row(schedule, ratio, backend, group, th, cfg) -> dict:
         "vs_unrouted_best": {"prefill": min(d["prefill"]) / min(base["prefill"]),
                              "decode_per_token": min(d["decode"]) / min(base["decode"])},
         "cpu_share": {"prefill": summarize(d["prefill_cpu"]), "decode": summarize(d["decode_cpu"])},
+        "rounds": d.get("rounds"),
         "peak_rss_growth_mib": {"prefill_first_call": d["peak_prefill"], "decode_first_sequence": d["peak_decode"],
                                 "session_load": d["session_mib"]},
         "kv_bytes": {"measured": kv_measured, "predicted": th["kv_predicted"],

@@ -35,7 +35,8 @@ def cmd_bench(args) -> int:
     report = run_bench(args.model, args.methods, args.ratios, args.backends, runs=args.runs, warmup=args.warmup,
                        decode_steps=args.decode_steps, text_tokens=args.text_tokens, fidelity=args.fidelity,
                        fidelity_samples=args.fidelity_samples, fidelity_steps=args.fidelity_steps,
-                       artifacts=args.artifacts, profile_ratios=args.profile or (), quiet=args.quiet or args.json)
+                       artifacts=args.artifacts, profile_ratios=args.profile or (), quiet=args.quiet or args.json,
+                       min_cpu_share=args.min_cpu_share)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(report, out / "bench_results.json")
@@ -56,6 +57,9 @@ def register(sub, parser_class) -> None:
     p.add_argument("--backends", type=_names, default=list(BACKENDS), help="torch,onnxruntime (default both)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per config (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per config (default 1)")
+    p.add_argument("--min-cpu-share", type=float, default=0.9,
+                   help="repeat timed rounds in which a call got less than this share of the cores "
+                        "(other work took them; default 0.9, 0 disables)")
     p.add_argument("--decode-steps", type=int, default=8, help="greedy decode steps timed per run (default 8)")
     p.add_argument("--text-tokens", type=int, default=40,
                    help="text tokens of the prompt besides the image (default 40: 616 tokens like the paper)")

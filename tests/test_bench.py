@@ -51,6 +51,7 @@ def test_json_structure(ort_report):
             s = r[key]
             assert s["n"] == 2 and s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"] and s["min"] > 0
         assert set(r["vs_unrouted"]) == {"prefill", "decode_per_token"}
+        assert r["rounds"]["clean"] + r["rounds"]["contended_used"] == 2
         peak = r["peak_rss_growth_mib"]["prefill_first_call"]
         assert peak is None or peak >= 0
     assert "ratio" in format_bench(ort_report)
