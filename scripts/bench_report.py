@@ -589,6 +589,53 @@ def render(report, docs: Path, target_ratio: float) -> str:
     return "\n".join(L)
 
 
+README_START = "<!-- bench-headline:start (written by scripts/bench_report.py) -->"
+README_END = "<!-- bench-headline:end -->"
+
+
+def readme_headline(report, target_ratio: float) -> str:
+    """The README's benchmark summary: headline table and target verdicts, from the report itself."""
+    rows = {(r["method"], r["backend"]): r for r in _rows(report, ratio=target_ratio)}
+    m = report["machine"]
+    lines = [f"Headline at ratio {ratio_label(target_ratio)} on `{report['model']}`, ONNX Runtime, "
+             f"{report['prompt']['tokens']}-token prompt, {m['usable_cores']} cores, {report['settings']['runs']} "
+             f"interleaved runs (load average {m.get('load_average_before')} before the run); ratios of the best "
+             f"times, with the median of the per-run paired ratios in brackets:", ""]
+    table = []
+    for method in METHOD_ORDER[1:]:
+        r = rows.get((method, "onnxruntime"))
+        if r is None:
+            continue
+        table.append([f"`{method}`", f"{r['tflops']['all_tokens']['ratio']:.3f}",
+                      f"{r['vs_unrouted_best']['prefill']:.3f} ({r['vs_unrouted']['prefill']['median']:.3f})",
+                      f"{r['vs_unrouted_best']['decode_per_token']:.3f} "
+                      f"({r['vs_unrouted']['decode_per_token']['median']:.3f})",
+                      "exact" if r["kv_bytes"]["match"] else "MISMATCH"])
+    lines += _table(["method", "FLOPs x (all tokens + scoring)", "prefill x unrouted", "decode x unrouted",
+                     "KV bytes = schedule"], table)
+    targets = evaluate_targets(report, target_ratio)
+    missed = [t for t in targets if not t["passed"]]
+    lines += ["", f"Targets of issue 5 at this ratio: {len(targets) - len(missed)}/{len(targets)} pass"
+              + ("." if not missed else "; missed: " + "; ".join(f"({t['target']}) {t['detail']}" for t in missed)
+                 + ". The report analyses each miss with profiles.")]
+    vs = [x for x in report.get("ort_vs_torch", []) if abs(x["ratio"] - target_ratio) < 1e-9]
+    if vs:
+        best = [x["best"]["prefill"] for x in vs]
+        lines += [f"ONNX Runtime prefill is {min(best):.2f}-{max(best):.2f}x the torch reference on the same "
+                  f"routed model."]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Replace the text between the README's bench-headline markers; False if the markers are absent."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    _atomic_write_text(readme, text[: start + len(README_START)] + "\n" + block + "\n" + text[end:])
+    return True
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llava-bench")
@@ -609,6 +656,8 @@ def main(argv=None) -> int:
     p.add_argument("--artifacts", help="keep/reuse exported artifacts here (default: temporary, deleted)")
     p.add_argument("--docs", default=str(ROOT / "docs"))
     p.add_argument("--from-json", help="render the report from an existing results file, without running")
+    p.add_argument("--readme", default=str(ROOT / "README.md"),
+                   help="README whose bench-headline block is rewritten ('' to leave it alone)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -629,6 +678,11 @@ def main(argv=None) -> int:
         write_json(report, docs / "bench_results.json")
     _atomic_write_text(docs / "BENCHMARKS.md", render(report, docs, args.target_ratio))
     print(f"wrote {docs / 'BENCHMARKS.md'}, {docs / 'img'}, {docs / 'bench_results.json'}")
+    if args.readme:
+        if update_readme(Path(args.readme), readme_headline(report, args.target_ratio)):
+            print(f"updated the benchmark headline in {args.readme}")
+        else:
+            print(f"{args.readme} has no bench-headline markers: left alone", file=sys.stderr)
     return 0
 
 

@@ -223,3 +223,27 @@ def test_cli_bench_json_out_and_errors(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main([*base, "--ratios", "a/b"])
     assert exc.value.code == 2 and "expected ratios" in capsys.readouterr().err
+
+
+def test_report_renders_and_rewrites_the_readme_block(ort_report, tmp_path):
+    """scripts/bench_report.py renders BENCHMARKS.md and replaces only the README's marked block."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_report.py"
+    spec = importlib.util.spec_from_file_location("bench_report", path)
+    report_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_mod)
+
+    text = report_mod.render(ort_report, tmp_path, 0.25)
+    assert "## Targets at ratio 1/4" in text and (tmp_path / "img" / "latency_vs_ratio.png").is_file()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report_mod.README_START}\nstale\n{report_mod.README_END}\noutro\n")
+    block = report_mod.readme_headline(ort_report, 0.25)
+    assert report_mod.update_readme(readme, block)
+    new = readme.read_text()
+    assert "stale" not in new and new.startswith("intro\n") and new.endswith("outro\n")
+    (row,) = [r for r in ort_report["results"] if r["method"] == "reroute" and r["backend"] == "onnxruntime"]
+    assert f"| `reroute` | {row['tflops']['all_tokens']['ratio']:.3f} | {row['vs_unrouted_best']['prefill']:.3f}" in new
+    readme.write_text("no markers\n")
+    assert not report_mod.update_readme(readme, block) and readme.read_text() == "no markers\n"
