@@ -266,7 +266,22 @@ def write_triton_repo(artifact_dir: str | os.PathLike, out_dir: str | os.PathLik
     return target
 
 
+def _copy_or_link(src: Path, dst: Path, copied: dict[Path, Path]) -> None:
+    """Copy ``src`` once; later copies of the same file (prefill and decode share the decoder
+    weights) are hard links to the first, falling back to a copy across file systems."""
+    first = copied.get(src)
+    if first is not None:
+        try:
+            os.link(first, dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+    copied.setdefault(src, dst)
+
+
 def _fill(artifact: Artifact, root: Path, backend: str, plugins: bool) -> None:
+    copied: dict[Path, Path] = {}
     for graph in GRAPHS:
         model_dir = root / graph_model_name(graph)
         version = model_dir / "1"
@@ -277,7 +292,7 @@ def _fill(artifact: Artifact, root: Path, backend: str, plugins: bool) -> None:
             data = spec.get("data")
             if data and (artifact.root / data).is_file():
                 # model.onnx names its external data file by its exported name: keep that name beside it.
-                shutil.copyfile(artifact.root / data, version / Path(data).name)
+                _copy_or_link(artifact.root / data, version / Path(data).name, copied)
         else:
             shutil.copyfile(engine_path(artifact, graph, plugins), version / "model.plan")
         (model_dir / "config.pbtxt").write_text(to_pbtxt(graph_config(artifact, graph, backend)))

@@ -32,9 +32,12 @@ from .models import LoadedModel, load_model
 from .progress import Progress
 from .registry import family_of
 from .samples import sample
+from .shared_weights import SHARED_DATA, share_external_data
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAMES = {"fp32": "float32", "fp16": "float16"}
+# Graphs that carry the same decoder weights and so share one external-data file.
+DECODER_GRAPHS = ("prefill", "decode")
 
 
 def build_graph_modules(loaded: LoadedModel, schedule, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
@@ -117,6 +120,14 @@ def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int
     onnx.checker.check_model(str(final), full_check=True)
 
 
+def _share_decoder_weights(directory: Path) -> None:
+    import onnx
+
+    share_external_data(directory, list(DECODER_GRAPHS))
+    for name in DECODER_GRAPHS:
+        onnx.checker.check_model(str(directory / f"{name}.onnx"), full_check=True)
+
+
 def _pin_kv_shapes(model, module) -> None:
     """State every KV tensor's static dims ([batch, kv_heads, len, head_dim]); tracing loses some."""
     decoder = getattr(module, "decoder", None)
@@ -163,7 +174,8 @@ def _manifest(loaded: LoadedModel, schedule, dtype_flag: str, directory: Path, m
               max_sequence: int) -> dict:
     cfg = loaded.decoder_config
 
-    graphs = {name: {"file": f"{name}.onnx", "data": f"{name}.onnx.data", **_io_spec(directory / f"{name}.onnx")}
+    graphs = {name: {"file": f"{name}.onnx", "data": SHARED_DATA if name in DECODER_GRAPHS else f"{name}.onnx.data",
+                     **_io_spec(directory / f"{name}.onnx")}
               for name in GRAPHS}
     n_v = schedule.num_visual
     kv = [{"layer": i, "visual_tokens": v, "present_len": "sequence" if v == n_v else f"sequence - {n_v - v}"}
@@ -207,7 +219,7 @@ def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, ou
         raise RerouteError(f"{target} already exists; pass --force to replace it")
     if not target.parent.exists():
         target.parent.mkdir(parents=True)
-    progress = Progress(3 + len(GRAPHS) + (parity_samples > 0), quiet)
+    progress = Progress(4 + len(GRAPHS) + (parity_samples > 0), quiet)
     with progress(f"loading {model}"):
         loaded = loaded or load_model(model)
         schedule = make_schedule(loaded.config, method, ratio, layers, keep_ratios)
@@ -223,6 +235,8 @@ def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, ou
         for name in GRAPHS:
             with progress(f"exporting {name}.onnx"):
                 _export_one(name, modules[name], examples[name], tmp, loaded.decoder_config.num_layers)
+        with progress("storing the decoder weights once for prefill and decode"):
+            _share_decoder_weights(tmp)
         with progress("writing manifest and processor"):
             loaded.processor.save_pretrained(tmp / "processor")
             manifest = _manifest(loaded, schedule, dtype, tmp, max_batch, max_sequence)

@@ -89,7 +89,7 @@ def test_manifest_and_real_kv_shapes(reroute_artifact, tiny):
     art = open_artifact(reroute_artifact)
     m = art.manifest
     assert m["schedule"]["k"] == [179, 179, 89, 44] and m["opset"] >= 17
-    assert set(m["files"]) >= {"prefill.onnx", "prefill.onnx.data", "processor/tokenizer.json"}
+    assert set(m["files"]) >= {"prefill.onnx", "decoder.onnx.data", "processor/tokenizer.json"}
     assert m["graphs"]["prefill"]["inputs"][0] == {"name": "inputs_embeds", "dtype": "float32",
                                                    "shape": ["batch", "sequence", 64]}
     assert m["kv"][2] == {"layer": 2, "visual_tokens": 179, "present_len": "sequence - 397"}
@@ -103,6 +103,23 @@ def test_manifest_and_real_kv_shapes(reroute_artifact, tiny):
     pre = backend.prefill(backend.embed(x.input_ids, backend.vision(x.pixel_values)), x.visual_start)
     text = x.input_ids.shape[1] - 576
     assert [k.shape[2] for k, _ in pre.cache] == [text + e["visual_tokens"] for e in m["kv"]]
+
+
+def test_prefill_and_decode_share_one_weights_file(reroute_artifact):
+    """The decoder is stored once: every external tensor of both graphs points into decoder.onnx.data,
+    decode adds no tensor of its own, and the file holds each distinct tensor once."""
+    from exporter.shared_weights import SHARED_DATA, external_tensors
+
+    def refs(name):  # {(location, offset, length)} of the graph's external tensors
+        model = onnx.load(str(open_artifact(reroute_artifact).graph_path(name)), load_external_data=False)
+        info = [{e.key: e.value for e in t.external_data} for t in external_tensors(model)]
+        return {(i["location"], int(i["offset"]), int(i["length"])) for i in info}
+
+    prefill, decode = refs("prefill"), refs("decode")
+    assert {loc for loc, _, _ in prefill | decode} == {SHARED_DATA}
+    assert decode <= prefill and len(decode) > 32 * 7  # every decode weight is one of prefill's
+    assert not list(reroute_artifact.glob("prefill.onnx.data")) + list(reroute_artifact.glob("decode.onnx.data"))
+    assert (reroute_artifact / SHARED_DATA).stat().st_size == max(off + n for _, off, n in prefill)
 
 
 def test_generate_onnxruntime_matches_torch(capsys, reroute_artifact, image_files):
@@ -133,18 +150,18 @@ def test_cli_export_and_parity_exit_codes(capsys, tmp_path):
 
 
 def test_parity_failure_exits_1(capsys, tmp_path, reroute_artifact):
-    """Perturb the prefill weights (and re-seal the manifest): parity must fail with exit 1."""
+    """Perturb the decoder weights (and re-seal the manifest): parity must fail with exit 1."""
     from exporter.artifact import MANIFEST, sha256_file
 
     broken = tmp_path / "broken"
     shutil.copytree(reroute_artifact, broken)
-    data = broken / "prefill.onnx.data"
+    data = broken / "decoder.onnx.data"
     raw = bytearray(data.read_bytes())
     weights = np.frombuffer(raw, dtype=np.float32)
     weights[:] = weights * 1.01  # a 1% change in every weight
     data.write_bytes(weights.tobytes())
     manifest = json.loads((broken / MANIFEST).read_text())
-    manifest["files"]["prefill.onnx.data"] = sha256_file(data)
+    manifest["files"]["decoder.onnx.data"] = sha256_file(data)
     (broken / MANIFEST).write_text(json.dumps(manifest))
     assert main(["parity", str(broken), "--samples", "1", "--steps", "2"]) == 1
     assert "FAIL" in capsys.readouterr().out
@@ -160,7 +177,7 @@ def test_bad_artifacts_one_line_exit_2(capsys, tmp_path, reroute_artifact, image
     if damage == "missing":
         (broken / "decode.onnx").unlink()
     elif damage == "truncated":
-        data = broken / "prefill.onnx.data"
+        data = broken / "decoder.onnx.data"
         data.write_bytes(data.read_bytes()[:1000])
     elif damage == "modified":
         graph = broken / "vision.onnx"
