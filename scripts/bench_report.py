@@ -616,7 +616,7 @@ def readme_headline(report, target_ratio: float) -> str:
     targets = evaluate_targets(report, target_ratio)
     missed = [t for t in targets if not t["passed"]]
     lines += ["", f"Targets of issue 5 at this ratio: {len(targets) - len(missed)}/{len(targets)} pass"
-              + ("." if not missed else "; missed: " + "; ".join(f"({t['target']}) {t['detail']}" for t in missed)
+              + ("." if not missed else "; missed: " + "; ".join(f"({t['target']}) `{t['subject']}`: {t['detail']}" for t in missed)
                  + ". The report analyses each miss with profiles.")]
     vs = [x for x in report.get("ort_vs_torch", []) if abs(x["ratio"] - target_ratio) < 1e-9]
     if vs:
