@@ -573,7 +573,8 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
             "interleaving": "per ratio group: for each run index, for each backend: none, then each routed "
                             "method in turn; ratios are paired by run index",
             "contention_guard": f"a round in which any call got < {min_cpu_share} of the usable cores (process CPU "
-                                "time / (wall x cores)) is set aside and repeated (at most 2 x runs extra rounds)"
+                                "time / (wall x cores), less the share of CPU time the hypervisor stole during the "
+                                "round) is set aside and repeated (at most 2 x runs extra rounds)"
                                 if min_cpu_share > 0 else "off",
             "onnxruntime_threads": "default (intra_op_num_threads=0: one per physical core)",
             "torch_ratios": None if torch_ratios is None else [float(r) for r in torch_ratios],
@@ -655,7 +656,8 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
         return record
 
     def share(record) -> float:
-        return min(min(v[2], v[3]) for v in record.values())
+        """The least CPU share any call of the round got, less the share of all CPUs stolen meanwhile."""
+        return min(min(v[2], v[3]) for k, v in record.items() if k != "steal") - record.get("steal", 0.0)
 
     clean, aside = [], []
     try:
@@ -668,7 +670,12 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
             attempt += 1
             with progress(f"ratio {ratio_label(ratio)}: run {len(clean) + 1}/{runs} ({len(configs)} configs x "
                           f"{len(backends)} backend(s), interleaved)"):
+                steal0, wall0 = _steal_ticks(), time.perf_counter()
                 record = one_round()
+                steal1 = _steal_ticks()
+                if steal0 is not None and steal1 is not None:
+                    ticks = (time.perf_counter() - wall0) * os.sysconf("SC_CLK_TCK") * os.cpu_count()
+                    record["steal"] = (steal1 - steal0) / max(ticks, 1e-9)
                 if share(record) >= min_cpu_share:
                     clean.append(record)
                 else:
@@ -680,14 +687,14 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
         aside.sort(key=share, reverse=True)
         used = clean + aside[: runs - len(clean)]
         for record in used:
-            for key, (t_pre, t_dec, c_pre, c_dec) in record.items():
+            for key, (t_pre, t_dec, c_pre, c_dec) in ((k, v) for k, v in record.items() if k != "steal"):
                 d = data[key]
                 d["prefill"].append(t_pre)
                 d["decode"].append(t_dec)
                 d["prefill_cpu"].append(c_pre)
                 d["decode_cpu"].append(c_dec)
         rounds = {"clean": len(clean), "set_aside": len(aside), "contended_used": len(used) - len(clean),
-                  "min_cpu_share": min_cpu_share}
+                  "min_cpu_share": min_cpu_share, "steal_share": [round(r.get("steal", 0.0), 4) for r in used]}
         for d in data.values():
             d["rounds"] = rounds
     finally:
@@ -700,6 +707,19 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
 
 def _paired(values, base) -> dict:
     return summarize([v / b for v, b in zip(values, base)])
+
+
+def _steal_ticks() -> int | None:
+    """Clock ticks the hypervisor gave this VM's CPUs to someone else (/proc/stat 'steal'); None if unknown.
+
+    Process CPU time cannot see it: a stolen core looks busy to the guest, so time stretches while the
+    CPU share stays near 1."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
 
 
 def _usable_cores() -> int:

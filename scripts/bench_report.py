@@ -4,7 +4,7 @@
 Everything in the report (tables, plots, target verdicts, the profiling
 breakdowns that explain a miss) is computed from this run's own results.
 
-    python scripts/bench_report.py                       # llava-bench, ONNX Runtime + torch (~45 min on 2 cores)
+    python scripts/bench_report.py                       # llava-bench, ONNX Runtime + torch (~35 min on 2 idle cores)
     python scripts/bench_report.py --from-json docs/bench_results.json   # re-render only
 """
 
@@ -643,7 +643,7 @@ def main(argv=None) -> int:
     p.add_argument("--ratios", type=_ratios, default=[1 / 3, 2 / 9, 1 / 9, 0.25])
     p.add_argument("--backends", default="onnxruntime,torch")
     p.add_argument("--torch-ratios", type=_ratios, help="measure torch only at these ratios (default: all)")
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--min-cpu-share", type=float, default=0.9,
                    help="repeat timed rounds in which a call got less than this share of the cores (0: off)")
     p.add_argument("--warmup", type=int, default=1)
