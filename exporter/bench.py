@@ -676,7 +676,7 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
                 if steal0 is not None and steal1 is not None:
                     ticks = (time.perf_counter() - wall0) * os.sysconf("SC_CLK_TCK") * os.cpu_count()
                     record["steal"] = (steal1 - steal0) / max(ticks, 1e-9)
-                if share(record) >= min_cpu_share:
+                if min_cpu_share <= 0 or share(record) >= min_cpu_share:
                     clean.append(record)
                 else:
                     aside.append(record)

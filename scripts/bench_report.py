@@ -332,6 +332,20 @@ def analysis(report, ratio) -> list[str]:
     out.append("Routing scores the whole pool (all N_v visual + text tokens) at every decision layer, where "
                "deletion scores only the survivors, and it scatters each stage back into the pool; both are "
                "counted in the scoring FLOPs above.")
+    budget = []
+    for a, b in (("reroute", "pdrop"), ("reroute-fastv", "fastv")):
+        pa, pb = _profile(report, a, ratio, "prefill"), _profile(report, b, ratio, "prefill")
+        if a in rows and b in rows:
+            flops = rows[a]["tflops"]["all_tokens"]["ratio"] / rows[b]["tflops"]["all_tokens"]["ratio"]
+            text = f"`{a}` has {flops:.3f}x the FLOPs of `{b}`"
+            if pa and pb:
+                extra = (pa["by_part"].get("routing", 0) - pb["by_part"].get("routing", 0)) / pb["node_ms"]
+                text += f" and its extra routing ops cost {extra * 100:+.1f}% of `{b}`'s profiled prefill"
+            budget.append(text)
+    if budget:
+        out.append("Against the 1.03 allowance: " + "; ".join(budget) + ". Whatever the allowance leaves is "
+                   "smaller than the run-to-run spread of single timings on this machine (see the min-max "
+                   "ranges in the tables), so verdicts within a few percent of 1.03 can flip between runs.")
     out.append("")
 
     out.append("### (c) decode")
