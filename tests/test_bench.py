@@ -246,6 +246,7 @@ def test_report_renders_and_rewrites_the_readme_block(ort_report, tmp_path):
     new = readme.read_text()
     assert "stale" not in new and new.startswith("intro\n") and new.endswith("outro\n")
     (row,) = [r for r in ort_report["results"] if r["method"] == "reroute" and r["backend"] == "onnxruntime"]
-    assert f"| `reroute` | {row['tflops']['all_tokens']['ratio']:.3f} | {row['vs_unrouted']['prefill']['median']:.3f}" in new
+    flops, paired = row["tflops"]["all_tokens"]["ratio"], row["vs_unrouted"]["prefill"]["median"]
+    assert f"| `reroute` | {flops:.3f} | {paired:.3f}" in new
     readme.write_text("no markers\n")
     assert not report_mod.update_readme(readme, block) and readme.read_text() == "no markers\n"
