@@ -18,6 +18,19 @@ MANIFEST = "manifest.json"
 GRAPHS = ("vision", "embed", "prefill", "decode")
 
 
+def installed_versions(packages) -> dict:
+    """{package: version} for those of ``packages`` that are installed (recorded in manifests and reports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in packages:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

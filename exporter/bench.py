@@ -165,15 +165,9 @@ def machine_info() -> dict:
 
 
 def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from .artifact import installed_versions
 
-    out = {}
-    for pkg in ("reroute", "torch", "transformers", "onnx", "onnxruntime", "numpy", "matplotlib"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
+    return installed_versions(("reroute", "torch", "transformers", "onnx", "onnxruntime", "numpy", "matplotlib"))
 
 
 def _load_average() -> list[float] | None:
@@ -216,6 +210,11 @@ def bench_prompt(processor, text_tokens: int) -> str:
 # --------------------------------------------------------------------------------------------- runners
 
 
+def _kv_lengths(cache) -> list[int]:
+    """Tokens held per layer: dim 2 of each [B, KVH, len, hd] key."""
+    return [int(k.shape[2]) for k, _ in cache]
+
+
 class _TorchRunner:
     """The PyTorch reference (engines.torch_runner.TorchBackend) over the loaded weights."""
 
@@ -237,9 +236,7 @@ class _TorchRunner:
     def kv_nbytes(cache) -> int:
         return sum(t.numel() * t.element_size() for kv in cache for t in kv)
 
-    @staticmethod
-    def kv_lengths(cache) -> list[int]:
-        return [int(k.shape[2]) for k, _ in cache]
+    kv_lengths = staticmethod(_kv_lengths)
 
     def close(self):
         self.impl = None
@@ -273,9 +270,7 @@ class _OrtPrefill:
     def kv_nbytes(cache) -> int:
         return int(sum(t.nbytes for kv in cache for t in kv))
 
-    @staticmethod
-    def kv_lengths(cache) -> list[int]:
-        return [int(k.shape[2]) for k, _ in cache]
+    kv_lengths = staticmethod(_kv_lengths)
 
     def close(self):
         self.session = None

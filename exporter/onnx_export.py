@@ -23,7 +23,7 @@ from graphs.export_graphs import DecodeGraph, EmbedGraph, PrefillGraph, VisionGr
 from graphs.llava import MergeEmbedding, VisionEncoder
 from graphs.routed import RoutedDecoder
 
-from .artifact import FORMAT_VERSION, GRAPHS, MANIFEST, sha256_file
+from .artifact import FORMAT_VERSION, GRAPHS, MANIFEST, installed_versions, sha256_file
 from .atomic import publish, replace_dir
 from .errors import RerouteError
 from .inputs import encode
@@ -38,6 +38,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAMES = {"fp32": "float32", "fp16": "float16"}
 # Graphs that carry the same decoder weights and so share one external-data file.
 DECODER_GRAPHS = ("prefill", "decode")
+MANIFEST_PACKAGES = ("reroute", "torch", "transformers", "onnx", "onnxruntime", "polygraphy", "optimum")
 
 
 def build_graph_modules(loaded: LoadedModel, schedule, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
@@ -117,7 +118,8 @@ def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int
     onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=f"{name}.onnx.data", size_threshold=1024)  # small constants stay inline
     shutil.rmtree(scratch)
-    onnx.checker.check_model(str(final), full_check=True)
+    if name not in DECODER_GRAPHS:  # those are checked once, after they share their weights file
+        onnx.checker.check_model(str(final), full_check=True)
 
 
 def _share_decoder_weights(directory: Path) -> None:
@@ -158,18 +160,6 @@ def _io_spec(path: Path) -> dict:
             "shape_inputs": shape_inputs_of(model)}
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("reroute", "torch", "transformers", "onnx", "onnxruntime", "polygraphy", "optimum"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def _manifest(loaded: LoadedModel, schedule, dtype_flag: str, directory: Path, max_batch: int,
               max_sequence: int) -> dict:
     cfg = loaded.decoder_config
@@ -194,7 +184,7 @@ def _manifest(loaded: LoadedModel, schedule, dtype_flag: str, directory: Path, m
         "custom_domain": {"domain": "reroute", "ops": ["PoolSelect", "PoolGather", "PoolScatter"],
                           "bodies": "ONNX local functions (standard ops)"},
         "capacity": {"max_batch": max_batch, "max_sequence": max_sequence},
-        "graphs": graphs, "kv": kv, "processor_dir": "processor", "packages": _versions(),
+        "graphs": graphs, "kv": kv, "processor_dir": "processor", "packages": installed_versions(MANIFEST_PACKAGES),
     }
 
 
