@@ -76,13 +76,19 @@ class Attention(nn.Module):
     def query(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return apply_rope(self._heads(self.q_proj(h), self.cfg.num_heads), cos, sin)  # [B, H, n, hd]
 
-    def key(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return apply_rope(self._heads(self.k_proj(h), self.cfg.num_kv_heads), cos, sin)  # [B, KVH, n, hd]
+    def rope_key(self, k_lin: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """k_proj output [B, n, KVH * hd] -> RoPE'd keys [B, KVH, n, hd]."""
+        return apply_rope(self._heads(k_lin, self.cfg.num_kv_heads), cos, sin)
 
-    def forward(self, h, cos, sin, past: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """Causal attention over the given (possibly compact) sequence, or one decode step over ``past``."""
+    def forward(self, h, cos, sin, past: tuple[torch.Tensor, torch.Tensor] | None = None,
+                k_lin: torch.Tensor | None = None):
+        """Causal attention over the given (possibly compact) sequence, or one decode step over ``past``.
+
+        ``k_lin``: this sequence's k_proj output when the caller already has it (a decision layer's
+        scoring pass computed it for every token), so it is not computed twice.
+        """
         q = self.query(h, cos, sin)
-        k = self.key(h, cos, sin)
+        k = self.rope_key(self.k_proj(h) if k_lin is None else k_lin, cos, sin)
         v = self._heads(self.v_proj(h), self.cfg.num_kv_heads)  # [B, KVH, n, hd]
         if past is not None:
             k = torch.cat((past[0], k), dim=2)  # [B, KVH, past + n, hd]
@@ -118,8 +124,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, past=None):
-        attn, kv = self.self_attn(self.input_layernorm(x), cos, sin, past)
+    def forward(self, x, cos, sin, past=None, normed=None, k_lin=None):
+        """``normed`` / ``k_lin``: input_layernorm(x) and its k_proj, when a decision layer's scoring
+        pass already computed them (rows gathered from the pool); otherwise computed here."""
+        h = self.input_layernorm(x) if normed is None else normed
+        attn, kv = self.self_attn(h, cos, sin, past, k_lin)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv

@@ -54,19 +54,27 @@ class RoutedDecoder(nn.Module):
         return model.to(dtype=hf_model.lm_head.weight.dtype).eval()
 
     def _score_and_gather(self, layer: DecoderLayer, full, full_pos, v0, stage: int):
-        """Score the pool at a decision layer, pick k_s, gather the compact sequence."""
+        """Score the pool at a decision layer, pick k_s, gather the compact sequence.
+
+        Scoring needs input_layernorm and k_proj over every token; the kept tokens' rows of both are
+        gathered with the sequence and handed to the layer, which would otherwise recompute them.
+        """
         sch, attn = self.schedule, layer.self_attn
         candidates = sch.candidates(stage)
-        h = layer.input_layernorm(full)
+        h = layer.input_layernorm(full)  # [B, n, d]
+        k_lin = attn.k_proj(h)  # [B, n, KVH * hd], before RoPE
         cos, sin = self.rotary(full_pos, h.dtype)  # ORIGINAL positions
         q_last = attn.query(h[:, -1:], cos[:, -1:], sin[:, -1:])[:, :, 0]  # [B, H, hd]
-        keys = attn.key(h, cos, sin)  # [B, KVH, n, hd]
+        keys = attn.rope_key(k_lin, cos, sin)  # [B, KVH, n, hd]
         selected = pool_select(
             q_last, keys, v0, k=sch.k[stage], num_candidates=candidates, scale=self.cfg.head_dim**-0.5
         )  # [B, k_s]
-        x = pool_gather(full, selected, v0, num_candidates=candidates)  # [B, n - P + k_s, d]
-        x_pos = pool_gather(full_pos[..., None], selected, v0, num_candidates=candidates)[..., 0]
-        return selected, x, x_pos
+
+        def gather(t):  # [B, n, C] -> [B, n - P + k_s, C]
+            return pool_gather(t, selected, v0, num_candidates=candidates)
+
+        x_pos = gather(full_pos[..., None])[..., 0]  # [B, n - P + k_s]
+        return selected, gather(full), x_pos, gather(h), gather(k_lin)
 
     def prefill(self, inputs_embeds: torch.Tensor, visual_start) -> PrefillOutput:
         """inputs_embeds: [B, T, d] with the visual span at [visual_start, visual_start + N_v)."""
@@ -74,7 +82,7 @@ class RoutedDecoder(nn.Module):
         b, t, _ = inputs_embeds.shape
         x = inputs_embeds
         x_pos = torch.arange(t, device=x.device).expand(b, t)  # [B, T]
-        full = full_pos = selected = None
+        full = full_pos = selected = normed = k_lin = None
         selections: list[torch.Tensor] = []
         cache: KVCache = []
         for i, layer in enumerate(self.layers):
@@ -85,14 +93,16 @@ class RoutedDecoder(nn.Module):
                     full = pool_scatter(full, x, selected, visual_start, num_candidates=sch.num_visual)
                 else:  # first decision, or deletion: the current sequence is the new candidate set
                     full, full_pos = x, x_pos
-                selected, x, x_pos = self._score_and_gather(layer, full, full_pos, visual_start, stage)
+                selected, x, x_pos, normed, k_lin = self._score_and_gather(layer, full, full_pos, visual_start,
+                                                                           stage)
                 if sch.action == DELETE and stage > 0:
                     # survivors are indexed within the previous survivors: map back to original indices
                     selections.append(torch.gather(selections[-1], 1, selected))
                 else:
                     selections.append(selected)
             cos, sin = self.rotary(x_pos, x.dtype)
-            x, kv = layer(x, cos, sin)
+            x, kv = layer(x, cos, sin, normed=normed, k_lin=k_lin)
+            normed = k_lin = None  # only a decision layer gets them precomputed
             cache.append(kv)
         logits = self.lm_head(self.norm(x[:, -1:]))[:, 0]  # [B, vocab]; the last token is always text
         return PrefillOutput(logits, cache, selections)

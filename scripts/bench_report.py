@@ -313,8 +313,9 @@ def analysis(report, ratio) -> list[str]:
         "sits above the FLOPs ratio by (1) the token-independent cost of every layer (`a`: kernel dispatch, "
         "RoPE tables and causal-mask construction redone per layer, streaming the weights), which weighs more "
         "in the short stages, and (2) the routing ops, mostly the scoring row's K projection over the whole "
-        "candidate sequence (`/k_proj*/MatMul` outside the layer scopes) that the layer then recomputes for "
-        "the kept tokens. Both are listed per method above.")
+        "candidate sequence (`/k_proj*/MatMul` outside the layer scopes; the kept tokens' rows of it and of "
+        "input_layernorm are gathered and handed to the decision layer, which does not compute them again, so "
+        "the routed graph executes fewer FLOPs than the convention counts). Both are listed per method above.")
     out.append("")
 
     out.append("### (b) recoverable routing vs deletion")
@@ -510,8 +511,9 @@ def render(report, docs: Path, target_ratio: float) -> str:
     targets = evaluate_targets(report, target_ratio, stat="median")
     bests = {(t["target"], t["subject"]): t for t in evaluate_targets(report, target_ratio, stat="best")}
     L += ["Verdicts use the median of the per-run paired ratios (each run's routed time over the unrouted time "
-          "of the same interleaved round, which cancels the machine's drift); the verdict on the best-time "
-          "ratios is given alongside.", ""]
+          "of the same interleaved round, which cancels the machine's drift; for (b), the routed method's time "
+          "over the deletion's time of the same round); the verdict on the best-time ratios is given alongside. "
+          "The call order is rotated by one config per round.", ""]
     names = {"a": "(a) routed prefill / unrouted <= 1.10 x FLOPs ratio (all tokens + scoring)",
              "b": "(b) reroute <= 1.03 x pdrop, reroute-fastv <= 1.03 x fastv (prefill)",
              "c": "(c) decode per token <= 0.85 x unrouted, KV bytes exactly as scheduled",

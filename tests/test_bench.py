@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exporter.bench import bench_prompt, evaluate_targets, format_bench, ratio_label, run_bench, run_fidelity
+from exporter import bench
+from exporter.bench import (bench_prompt, evaluate_targets, format_bench, ratio_label, run_bench, run_fidelity,
+                            same_round_ratio)
 from exporter.cli import main
 from exporter.errors import RerouteError
 from exporter.inspect_model import make_schedule
@@ -70,6 +72,39 @@ def test_ratios_are_paired_with_the_same_run_baseline(torch_report):
             assert r["vs_unrouted_best"][stat] == pytest.approx(min(r[key]["values"]) / min(base[key]["values"]))
         assert 0 < r["cpu_share"]["prefill"]["median"] <= 1.5  # CPU time / (wall x cores)
     assert torch_report["settings"]["warmup"] == 1 and base["prefill_s"]["n"] == 2
+
+
+def test_call_order_rotates_by_one_config_per_round(tiny, monkeypatch):
+    calls = []
+    original = bench._TorchRunner.__init__
+
+    def recording_init(self, loaded, schedule):
+        original(self, loaded, schedule)
+        prefill = self.prefill
+        self.prefill = lambda embeds, v0: (calls.append(schedule.method), prefill(embeds, v0))[1]
+
+    monkeypatch.setattr(bench._TorchRunner, "__init__", recording_init)
+    run_bench("llava-tiny", methods=["fastv", "reroute"], ratios=[1 / 3], backends=["torch"], runs=3, warmup=1,
+              decode_steps=1, quiet=True, loaded=tiny, min_cpu_share=0)
+    rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert rounds == [["none", "fastv", "reroute"], ["fastv", "reroute", "none"], ["reroute", "none", "fastv"],
+                      ["none", "fastv", "reroute"]]  # warm-up, then 3 timed rounds
+
+
+def test_deletion_comparison_is_paired_within_each_round(torch_report):
+    report = json.loads(json.dumps(torch_report))
+    fastv = next(r for r in report["results"] if r["method"] == "fastv")
+    twin = json.loads(json.dumps(fastv))
+    twin["method"] = "reroute-fastv"
+    # 1.02x fastv in round 1, 1.06x in round 2: the same-round median is 1.04 whatever the baseline did
+    twin["prefill_s"]["values"] = [v * f for v, f in zip(fastv["prefill_s"]["values"], (1.02, 1.06))]
+    report["results"].append(twin)
+    report["settings"]["methods"].append("reroute-fastv")
+    assert same_round_ratio(twin, fastv) == pytest.approx(1.04)
+    (b,) = [t for t in evaluate_targets(report, 1 / 3, backend="torch") if t["target"] == "b"]
+    assert b["subject"] == "reroute-fastv vs fastv" and b["value"] == pytest.approx(1.04) and not b["passed"]
+    with pytest.raises(ValueError, match="same-round"):
+        same_round_ratio({"prefill_s": {"values": [1.0]}}, fastv)
 
 
 def test_kv_bytes_from_real_tensors_equal_the_schedule(ort_report, tiny):
