@@ -10,8 +10,8 @@ Inputs (all ops): ``visual_start`` is int64 [1], the first candidate's index.
   attrs: k, num_candidates (P), scale. Softmax of the last token's row (fp32),
   mean over heads, restricted to [v0, v0+P), TopK (ties -> lower index),
   indices sorted ascending.
-- PoolGather(x [B,n,C], selected, visual_start) -> [B, n-P+k, C]
-- PoolScatter(x [B,n,C], compact [B,n-P+k,C], selected, visual_start) -> [B,n,C]
+- PoolGather(x [B,n,C], selected, visual_start) -> [B, n-P+k, C]  (GatherND over rows)
+- PoolScatter(x [B,n,C], compact [B,n-P+k,C], selected, visual_start) -> [B,n,C]  (ScatterND over rows)
 """
 
 from __future__ import annotations
@@ -75,13 +75,11 @@ def _compact_source_index(f: _Body, selected: str, n: str, k: str, p: str, batch
     return f("Where", f("Less", slots, v0), slots, src)  # [B, m]
 
 
-def _index_nodes(f: _Body, x: str, selected: str, v0: str) -> tuple[str, str]:
-    """(expanded gather/scatter index [B, m, C], C) for x [B, n, C] and selected [B, k]."""
-    n, k, batch, c = f.dim(x, 1), f.dim(selected, 1), f.dim(x, 0), f.dim(x, 2)
-    p = f.attr_int("num_candidates")
-    src = _compact_source_index(f, selected, n, k, p, batch, v0)
-    index = f("Expand", f("Unsqueeze", src, f.const_ints(-1)), f("Concat", batch, f.dim(src, 1), c, axis=0))
-    return index, c
+def _row_index(f: _Body, x: str, selected: str, v0: str) -> str:
+    """[B, m, 1] int64: the row of x [B, n, C] behind each compact slot (selected [B, k])."""
+    n, k, batch = f.dim(x, 1), f.dim(selected, 1), f.dim(x, 0)
+    src = _compact_source_index(f, selected, n, k, f.attr_int("num_candidates"), batch, v0)
+    return f("Unsqueeze", src, f.const_ints(-1))
 
 
 def _make(name: str, inputs: list[str], outputs: list[str], attrs: list[str], f: _Body) -> onnx.FunctionProto:
@@ -111,16 +109,21 @@ def pool_select_function() -> onnx.FunctionProto:
 
 def pool_gather_function() -> onnx.FunctionProto:
     f = _Body()
-    index, _ = _index_nodes(f, "x", "selected", "visual_start")
-    f("GatherElements", "x", index, axis=1)
+    rows = _row_index(f, "x", "selected", "visual_start")
+    # GatherND with one batch dim copies whole C-wide rows (no [B, m, C] index tensor to build or read)
+    f("GatherND", "x", rows, batch_dims=1)
     f.nodes[-1].output[0] = "compact"
     return _make("PoolGather", ["x", "selected", "visual_start"], ["compact"], ["num_candidates"], f)
 
 
 def pool_scatter_function() -> onnx.FunctionProto:
     f = _Body()
-    index, _ = _index_nodes(f, "x", "selected", "visual_start")
-    f("ScatterElements", "x", index, "compact", axis=1)
+    rows = _row_index(f, "x", "selected", "visual_start")  # [B, m, 1]; distinct rows per sample
+    # ScatterND has no batch_dims: address (sample, row) pairs, [B, m, 2], and write whole rows
+    zero, one = f("Squeeze", f.const_ints(0)), f("Squeeze", f.const_ints(1))
+    batch = f("Range", zero, f("Squeeze", f.dim("x", 0)), one)  # [B]
+    sample = f("Expand", f("Unsqueeze", batch, f.const_ints(1, 2)), f("Shape", rows))  # [B, m, 1]
+    f("ScatterND", "x", f("Concat", sample, rows, axis=-1), "compact")
     f.nodes[-1].output[0] = "out"
     return _make("PoolScatter", ["x", "compact", "selected", "visual_start"], ["out"], ["num_candidates"], f)
 

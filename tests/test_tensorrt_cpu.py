@@ -64,8 +64,9 @@ def test_plugin_form_file_keeps_external_weights(artifacts, tmp_path):
     shutil.copytree(artifacts["reroute"], copy)
     out = write_plugin_form(copy / "prefill.onnx")
     assert out.name == "prefill.plugins.onnx"
-    model = onnx.load(str(out))  # the weights resolve from prefill.onnx.data beside it
-    assert sum(is_plugin_node(n) for n in model.graph.node) == 4 + 4 * 2 + 3  # select, gathers, scatters
+    model = onnx.load(str(out))  # the weights resolve from decoder.onnx.data beside it
+    # per decision layer: 1 select, 4 gathers (sequence, positions, normed rows, k_proj rows); 3 scatters back
+    assert sum(is_plugin_node(n) for n in model.graph.node) == 4 + 4 * 4 + 3
 
 
 @pytest.mark.parametrize("method", METHODS)
