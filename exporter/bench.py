@@ -1,9 +1,9 @@
 """``reroute bench``: latency, memory, KV bytes and theoretical FLOPs of every method, measured interleaved.
 
 For each ratio, the unrouted model (method ``none``) and every routed method run
-round-robin: for each run index and backend, every config once, the order
-rotated by one config per round (so no method always follows the long
-unrouted call). Absolute times drift (other work on the machine, thermal
+round-robin: for each run index and backend, every config once, each routing
+method right after the deletion it augments, the order rotated by one config
+per round (so no method always follows the long unrouted call). Absolute times drift (other work on the machine, thermal
 state), so every timing is also given as a ratio to the unrouted model of the
 SAME run index, and the median / min / max of those paired ratios is reported.
 
@@ -52,6 +52,8 @@ from .progress import Progress
 BACKENDS = ("torch", "onnxruntime")
 BASELINE = "none"
 DEFAULT_METHODS = ("none", "fastv", "pdrop", "reroute-fastv", "reroute")
+# (routing method, the deletion it augments): target (b) compares each pair's prefill
+ROUTING_VS_DELETION = (("reroute", "pdrop"), ("reroute-fastv", "fastv"))
 DEFAULT_RATIOS = (1 / 3, 2 / 9, 1 / 9, 0.25)
 SCHEMA_VERSION = 1
 QUESTION = ("Describe the objects in this picture, their colours and where each of them is placed relative to "
@@ -591,6 +593,21 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
     }
 
 
+def timing_order(configs: list) -> list:
+    """The configs (anything with ``.method``) in the order a round times them: as given, except that each
+    routing method moves right after the deletion it augments, so the pair target (b) compares runs back
+    to back (the machine's speed drifts over seconds)."""
+    partner = dict(ROUTING_VS_DELETION)
+    present = {c.method for c in configs}
+    order = []
+    for c in configs:
+        if partner.get(c.method) in present:
+            continue  # placed after its deletion
+        order.append(c)
+        order.extend(r for r in configs if partner.get(r.method) == c.method)
+    return order
+
+
 def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, seq_len, table, runs, warmup,
                decode_steps, progress, mem, pause_s, min_cpu_share: float = 0.0) -> dict:
     """Interleaved timing of one ratio group. Returns {(method, backend): measurements}.
@@ -614,15 +631,16 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
             data[(s.method, b)].update(prefill=[], decode=[], peak_prefill=None, peak_decode=None, prefill_cpu=[],
                                        decode_cpu=[])
     cores = _usable_cores()
+    order = timing_order(configs)
 
     def one_round(index: int) -> dict:
         record = {}
         # Round `index` starts at config `index mod len(configs)`: over len(configs) rounds every config
         # runs once in every position, so a slot that is systematically faster or slower (the call after
         # the long unrouted one, say) is not always the same method's.
-        start = index % len(configs)
+        start = index % len(order)
         for b in backends:
-            for s in configs[start:] + configs[:start]:
+            for s in order[start:] + order[:start]:
                 key = (s.method, b)
                 d, runner = data[key], runners[key]
                 first = d["peak_prefill"] is None
@@ -1053,7 +1071,7 @@ def evaluate_targets(report: dict, ratio: float = 0.25, backend: str = "onnxrunt
         add("a", m, measured, limit, measured <= limit,
             f"prefill {measured:.3f}x unrouted vs FLOPs {fl:.3f}x (all tokens + scoring); limit {limit:.3f}; "
             f"{'within' if measured <= limit else 'over'} by {abs(measured / limit - 1) * 100:.1f}%")
-    for a, b in (("reroute", "pdrop"), ("reroute-fastv", "fastv")):
+    for a, b in ROUTING_VS_DELETION:
         if (a, backend) in rows and (b, backend) in rows:
             ra, rb = rows[(a, backend)], rows[(b, backend)]
             if stat == "best":

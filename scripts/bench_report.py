@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.bench import BASELINE, evaluate_targets, file_mode, ratio_label, run_bench, write_json  # noqa: E402
+from exporter.bench import (BASELINE, ROUTING_VS_DELETION, evaluate_targets, file_mode, ratio_label,  # noqa: E402
+                            run_bench, write_json)
 
 METHOD_ORDER = ["none", "fastv", "pdrop", "reroute-fastv", "reroute"]
 COLORS = {"none": "#444444", "fastv": "#1f77b4", "pdrop": "#2ca02c", "reroute-fastv": "#ff7f0e",
@@ -319,7 +320,7 @@ def analysis(report, ratio) -> list[str]:
     out.append("")
 
     out.append("### (b) recoverable routing vs deletion")
-    for a, b in (("reroute", "pdrop"), ("reroute-fastv", "fastv")):
+    for a, b in ROUTING_VS_DELETION:
         pa, pb = _profile(report, a, ratio, "prefill"), _profile(report, b, ratio, "prefill")
         if a in rows and b in rows and pa and pb:
             out.append(
@@ -334,7 +335,7 @@ def analysis(report, ratio) -> list[str]:
                "deletion scores only the survivors, and it scatters each stage back into the pool; both are "
                "counted in the scoring FLOPs above.")
     budget = []
-    for a, b in (("reroute", "pdrop"), ("reroute-fastv", "fastv")):
+    for a, b in ROUTING_VS_DELETION:
         pa, pb = _profile(report, a, ratio, "prefill"), _profile(report, b, ratio, "prefill")
         if a in rows and b in rows:
             flops = rows[a]["tflops"]["all_tokens"]["ratio"] / rows[b]["tflops"]["all_tokens"]["ratio"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 from exporter import bench
 from exporter.bench import (bench_prompt, evaluate_targets, format_bench, ratio_label, run_bench, run_fidelity,
-                            same_round_ratio)
+                            same_round_ratio, timing_order)
 from exporter.cli import main
 from exporter.errors import RerouteError
 from exporter.inspect_model import make_schedule
@@ -89,6 +90,16 @@ def test_call_order_rotates_by_one_config_per_round(tiny, monkeypatch):
     rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
     assert rounds == [["none", "fastv", "reroute"], ["fastv", "reroute", "none"], ["reroute", "none", "fastv"],
                       ["none", "fastv", "reroute"]]  # warm-up, then 3 timed rounds
+
+
+def test_routing_methods_are_timed_right_after_the_deletion_they_augment():
+    def order(*methods):
+        return [c.method for c in timing_order([SimpleNamespace(method=m) for m in methods])]
+
+    assert order("none", "fastv", "pdrop", "reroute-fastv", "reroute") == [
+        "none", "fastv", "reroute-fastv", "pdrop", "reroute"]
+    assert order("none", "reroute", "fastv") == ["none", "reroute", "fastv"]  # no pdrop: stays where it was
+    assert order("none", "reroute", "pdrop") == ["none", "pdrop", "reroute"]
 
 
 def test_deletion_comparison_is_paired_within_each_round(torch_report):
