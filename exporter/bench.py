@@ -365,14 +365,17 @@ def _ensure_artifact(root: Path, loaded, schedule) -> Path:
 
 def theory(cfg, schedule, text_tokens: int) -> dict:
     """SPEC section 6 figures in both conventions, and the predicted KV bytes (fp32)."""
-    from graphs.flops import flops, kv_bytes, tokens_per_layer
+    from graphs.flops import flops, kv_bytes, reused_flops, tokens_per_layer
 
     out = {}
     for name, text in (("visual", 0), ("all_tokens", text_tokens)):
         rep = flops(cfg, schedule, text)
+        executed = rep.routed + rep.scoring - reused_flops(cfg, schedule, text)
         out[name] = {"full": rep.full / 1e12, "routed": rep.routed / 1e12, "scoring_overhead": rep.scoring / 1e12,
                      "routed_plus_scoring": (rep.routed + rep.scoring) / 1e12,
-                     "ratio": (rep.routed + rep.scoring) / rep.full, "text_tokens": text}
+                     "ratio": (rep.routed + rep.scoring) / rep.full, "text_tokens": text,
+                     # what the graph executes: the decision layers reuse the kept rows of the scoring k_proj
+                     "executed_ratio": executed / rep.full}
     out["formula"] = "4nd^2 + 2n^2d + 3ndm per layer (SwiGLU); scoring = one row per decision layer"
     predicted = kv_bytes(cfg, tokens_per_layer(schedule, text_tokens), 4)
     return {"tflops": out, "kv_predicted": predicted,

@@ -55,6 +55,13 @@ def flops(cfg: DecoderConfig, schedule: Schedule, text_tokens: int = 0) -> Flops
     return FlopsReport(full, routed, scoring)
 
 
+def reused_flops(cfg: DecoderConfig, schedule: Schedule, text_tokens: int = 0) -> float:
+    """Counted twice by the convention, executed once: at each decision layer the layer takes the kept
+    tokens' (text + k_s) k_proj rows from the scoring pass (graphs/routed.py) instead of recomputing them."""
+    kvd = cfg.num_kv_heads * cfg.head_dim
+    return float(sum((text_tokens + k) * cfg.hidden_size * kvd for k in schedule.k))
+
+
 def kv_bytes(cfg: DecoderConfig, tokens: list[int], bytes_per_element: int) -> int:
     """KV bytes = sum over layers of 2 * kv_heads * head_dim * tokens_in_layer * bytes."""
     return sum(2 * cfg.num_kv_heads * cfg.head_dim * n * bytes_per_element for n in tokens)

@@ -141,6 +141,9 @@ def test_tflops_match_flops(torch_report, tiny):
             assert t["routed"] == pytest.approx(ref.routed / 1e12)
             assert t["scoring_overhead"] == pytest.approx(ref.scoring / 1e12)
             assert t["ratio"] == pytest.approx((ref.routed + ref.scoring) / ref.full)
+            reused = sum((text + k) * cfg.hidden_size * cfg.num_kv_heads * cfg.head_dim for k in schedule.k)
+            assert t["executed_ratio"] == pytest.approx((ref.routed + ref.scoring - reused) / ref.full)
+            assert (t["executed_ratio"] < t["ratio"]) == bool(schedule.layers)
     assert _rows(torch_report)[("none", "torch")]["tflops"]["all_tokens"]["ratio"] == 1.0
 
 

@@ -107,3 +107,31 @@ def test_reroute_lets_deferred_tokens_reenter(tiny):
                             inputs.input_ids, inputs.pixel_values, inputs.visual_start, 1)
     kept = [set(s[0].tolist()) for s in pdrop.selections]
     assert all(b <= a for a, b in zip(kept, kept[1:]))  # deletion is monotonic
+
+
+@pytest.mark.parametrize("method", ["reroute", "pdrop"])
+def test_decision_layers_run_k_proj_once(tiny, method):
+    """A decision layer takes its kept tokens' k_proj rows from the scoring pass: one k_proj call per layer,
+    over the whole candidate sequence at a decision layer and over the layer's own tokens elsewhere."""
+    inputs = _inputs(tiny, n=1)
+    schedule = solve_schedule(method, 0.25, tiny.decoder_config.num_layers, tiny.num_visual)
+    backend = TorchBackend(tiny, schedule)
+    rows: dict[int, list[int]] = {}
+    hooks = [layer.self_attn.k_proj.register_forward_hook(
+        lambda mod, args, out, i=i: rows.setdefault(i, []).append(args[0].shape[1]))
+        for i, layer in enumerate(backend.decoder.layers)]
+    try:
+        out = backend.prefill(backend.embed(inputs.input_ids, backend.vision(inputs.pixel_values)),
+                              inputs.visual_start)
+    finally:
+        for h in hooks:
+            h.remove()
+    kept = backend.cache_lengths(out.cache)  # tokens each layer processed
+    total = inputs.input_ids.shape[1]
+    for i, counts in rows.items():
+        assert len(counts) == 1, f"layer {i} ran k_proj {len(counts)} times"
+        if i in schedule.layers:
+            scored = total if method == "reroute" or i == schedule.layers[0] else kept[i - 1]
+            assert counts[0] == scored > kept[i]
+        else:
+            assert counts[0] == kept[i]
