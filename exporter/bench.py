@@ -571,8 +571,7 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
             "methods": [BASELINE, *routed_methods], "ratios": [r for r, _ in groups],
             "ratio_labels": [ratio_label(r) for r, _ in groups], "backends": backends, "runs": runs,
             "warmup": warmup, "decode_steps": decode_steps, "text_tokens": text,
-            "interleaving": "per ratio group: for each run index, for each backend: none, then each routed "
-                            "method in turn; ratios are paired by run index",
+            "interleaving": INTERLEAVING,
             "contention_guard": f"a round in which any call got < {min_cpu_share} of the usable cores (process CPU "
                                 "time / (wall x cores), less the share of CPU time the hypervisor stole during the "
                                 "round) is set aside and repeated (at most 2 x runs extra rounds)"
@@ -594,6 +593,11 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
         "profiles": profiles,
         "fidelity": fid,
     }
+
+
+INTERLEAVING = ("per ratio group: for each run index, for each backend, every config once, each routing method "
+                "right after the deletion it augments, the order rotated by one config per round; ratios are "
+                "paired by run index")
 
 
 def timing_order(configs: list) -> list:
