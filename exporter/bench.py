@@ -3,9 +3,10 @@
 For each ratio, the unrouted model (method ``none``) and every routed method run
 round-robin: for each run index and backend, every config once, each routing
 method right after the deletion it augments, the order rotated by one config
-per round (so no method always follows the long unrouted call). Absolute times drift (other work on the machine, thermal
-state), so every timing is also given as a ratio to the unrouted model of the
-SAME run index, and the median / min / max of those paired ratios is reported.
+per round (so no method always follows the long unrouted call). Absolute
+times drift (other work on the machine, thermal state), so every timing is
+also given as a ratio to the unrouted model of the SAME run index, and the
+median / min / max of those paired ratios is reported.
 
 What is measured, per (method, ratio, backend):
 - prefill: one call of the prefill graph (inputs_embeds -> logits + per-layer
@@ -642,7 +643,7 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
 
     def one_round(index: int) -> dict:
         record = {}
-        # Round `index` starts at config `index mod len(configs)`: over len(configs) rounds every config
+        # Round `index` starts at config `index mod len(order)`: over len(order) rounds every config
         # runs once in every position, so a slot that is systematically faster or slower (the call after
         # the long unrouted one, say) is not always the same method's.
         start = index % len(order)
