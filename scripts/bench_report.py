@@ -649,6 +649,11 @@ def readme_headline(report, target_ratio: float) -> str:
               + ("." if not missed else "; missed: " + "; ".join(f"({t['target']}) `{t['subject']}`: {t['detail']}"
                                                                for t in missed)
                  + ". The report analyses each miss with profiles.")]
+    passed = [t for t in targets if t["passed"]]
+    if passed:  # the thinnest margin, since single timings here spread by more than some margins
+        close = min(passed, key=lambda t: t["limit"] / t["value"])
+        lines[-1] += (f" Closest to its limit: ({close['target']}) `{close['subject']}` at {close['value']:.3f} "
+                      f"(limit {close['limit']:.3f}, within by {(1 - close['value'] / close['limit']) * 100:.1f}%).")
     vs = [x for x in report.get("ort_vs_torch", []) if abs(x["ratio"] - target_ratio) < 1e-9]
     if vs:
         paired = [x["prefill_ort_over_torch"]["median"] for x in vs]

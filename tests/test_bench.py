@@ -297,5 +297,11 @@ def test_report_renders_and_rewrites_the_readme_block(ort_report, tmp_path):
     (row,) = [r for r in ort_report["results"] if r["method"] == "reroute" and r["backend"] == "onnxruntime"]
     flops, paired = row["tflops"]["all_tokens"]["ratio"], row["vs_unrouted"]["prefill"]["median"]
     assert f"| `reroute` | {flops:.3f} | {paired:.3f}" in new
+    passed = [t for t in evaluate_targets(ort_report, 0.25) if t["passed"]]
+    if passed:
+        close = min(passed, key=lambda t: t["limit"] / t["value"])
+        assert f"Closest to its limit: ({close['target']}) `{close['subject']}` at {close['value']:.3f}" in new
+    else:
+        assert "Closest to its limit" not in new
     readme.write_text("no markers\n")
     assert not report_mod.update_readme(readme, block) and readme.read_text() == "no markers\n"
