@@ -681,9 +681,10 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
                 del cache, logits
         return record
 
-    def share(record) -> float:
+    def share(timed) -> float:
         """The least CPU share any call of the round got, less the share of all CPUs stolen meanwhile."""
-        return min(min(v[2], v[3]) for k, v in record.items() if k != "steal") - record.get("steal", 0.0)
+        calls, steal = timed
+        return min(min(v[2], v[3]) for v in calls.values()) - steal
 
     clean, aside = [], []
     try:
@@ -697,30 +698,31 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
             with progress(f"ratio {ratio_label(ratio)}: run {len(clean) + 1}/{runs} ({len(configs)} configs x "
                           f"{len(backends)} backend(s), interleaved)"):
                 steal0, wall0 = _steal_ticks(), time.perf_counter()
-                record = one_round(warmup + attempt - 1)
-                steal1 = _steal_ticks()
+                calls = one_round(warmup + attempt - 1)
+                steal1, steal = _steal_ticks(), 0.0
                 if steal0 is not None and steal1 is not None:
                     ticks = (time.perf_counter() - wall0) * os.sysconf("SC_CLK_TCK") * os.cpu_count()
-                    record["steal"] = (steal1 - steal0) / max(ticks, 1e-9)
-                if min_cpu_share <= 0 or share(record) >= min_cpu_share:
-                    clean.append(record)
+                    steal = (steal1 - steal0) / max(ticks, 1e-9)
+                timed = (calls, steal)
+                if min_cpu_share <= 0 or share(timed) >= min_cpu_share:
+                    clean.append(timed)
                 else:
-                    aside.append(record)
+                    aside.append(timed)
                     progress.total += 1
                     if not progress.quiet:
-                        progress.stream.write(f" set aside (CPU share {share(record):.2f} < {min_cpu_share}: "
+                        progress.stream.write(f" set aside (CPU share {share(timed):.2f} < {min_cpu_share}: "
                                               "other work took the cores), repeating ...")
         aside.sort(key=share, reverse=True)
         used = clean + aside[: runs - len(clean)]
-        for record in used:
-            for key, (t_pre, t_dec, c_pre, c_dec) in ((k, v) for k, v in record.items() if k != "steal"):
+        for calls, _ in used:
+            for key, (t_pre, t_dec, c_pre, c_dec) in calls.items():
                 d = data[key]
                 d["prefill"].append(t_pre)
                 d["decode"].append(t_dec)
                 d["prefill_cpu"].append(c_pre)
                 d["decode_cpu"].append(c_dec)
         rounds = {"clean": len(clean), "set_aside": len(aside), "contended_used": len(used) - len(clean),
-                  "min_cpu_share": min_cpu_share, "steal_share": [round(r.get("steal", 0.0), 4) for r in used]}
+                  "min_cpu_share": min_cpu_share, "steal_share": [round(steal, 4) for _, steal in used]}
         for d in data.values():
             d["rounds"] = rounds
     finally:
@@ -1046,7 +1048,7 @@ def same_round_ratio(row_a: dict, row_b: dict, key: str = "prefill_s") -> float:
     a, b = row_a[key]["values"], row_b[key]["values"]
     if len(a) != len(b) or not a:
         raise ValueError(f"rows have {len(a)} and {len(b)} rounds; a same-round ratio needs equal, non-zero counts")
-    return float(np.median([x / y for x, y in zip(a, b)]))
+    return _paired(a, b)["median"]
 
 
 def evaluate_targets(report: dict, ratio: float = 0.25, backend: str = "onnxruntime",

@@ -320,9 +320,10 @@ def analysis(report, ratio) -> list[str]:
     out.append("")
 
     out.append("### (b) recoverable routing vs deletion")
-    for a, b in ROUTING_VS_DELETION:
-        pa, pb = _profile(report, a, ratio, "prefill"), _profile(report, b, ratio, "prefill")
-        if a in rows and b in rows and pa and pb:
+    pairs = [(a, b, _profile(report, a, ratio, "prefill"), _profile(report, b, ratio, "prefill"))
+             for a, b in ROUTING_VS_DELETION if a in rows and b in rows]
+    for a, b, pa, pb in pairs:
+        if pa and pb:
             out.append(
                 f"- `{a}` vs `{b}`: node time {pa['node_ms']:.0f} vs {pb['node_ms']:.0f} ms; decoder layers "
                 f"{pa['by_part'].get('layers', 0):.0f} vs {pb['by_part'].get('layers', 0):.0f} ms; routing ops "
@@ -335,20 +336,18 @@ def analysis(report, ratio) -> list[str]:
                "deletion scores only the survivors, and it scatters each stage back into the pool; both are "
                "counted in the scoring FLOPs above.")
     budget = []
-    for a, b in ROUTING_VS_DELETION:
-        pa, pb = _profile(report, a, ratio, "prefill"), _profile(report, b, ratio, "prefill")
-        if a in rows and b in rows:
-            ta, tb = rows[a]["tflops"]["all_tokens"], rows[b]["tflops"]["all_tokens"]
-            text = f"`{a}` has {ta['ratio'] / tb['ratio']:.3f}x the FLOPs of `{b}` as SPEC section 6 counts them"
-            if "executed_ratio" in ta and "executed_ratio" in tb:
-                text += (f" ({ta['executed_ratio'] / tb['executed_ratio']:.3f}x as executed: decision layers reuse "
-                         "the scoring pass's k_proj rows of the tokens they keep)")
-            if pa and pb:
-                extra = (pa["by_part"].get("routing", 0) - pb["by_part"].get("routing", 0)) / pb["node_ms"]
-                text += (f"; its routing ops take {extra * 100:+.1f}% of `{b}`'s profiled prefill more than `{b}`'s "
-                         f"(k_proj rows its decision layers no longer compute included), and its whole profiled "
-                         f"prefill is {pa['node_ms'] / pb['node_ms']:.3f}x `{b}`'s")
-            budget.append(text)
+    for a, b, pa, pb in pairs:
+        ta, tb = rows[a]["tflops"]["all_tokens"], rows[b]["tflops"]["all_tokens"]
+        text = f"`{a}` has {ta['ratio'] / tb['ratio']:.3f}x the FLOPs of `{b}` as SPEC section 6 counts them"
+        if "executed_ratio" in ta and "executed_ratio" in tb:
+            text += (f" ({ta['executed_ratio'] / tb['executed_ratio']:.3f}x as executed: decision layers reuse "
+                     "the scoring pass's k_proj rows of the tokens they keep)")
+        if pa and pb:
+            extra = (pa["by_part"].get("routing", 0) - pb["by_part"].get("routing", 0)) / pb["node_ms"]
+            text += (f"; its routing ops take {extra * 100:+.1f}% of `{b}`'s profiled prefill more than `{b}`'s "
+                     f"(k_proj rows its decision layers no longer compute included), and its whole profiled "
+                     f"prefill is {pa['node_ms'] / pb['node_ms']:.3f}x `{b}`'s")
+        budget.append(text)
     if budget:
         out.append("Against the 1.03 allowance: " + "; ".join(budget) + ". Whatever the allowance leaves is "
                    "smaller than the run-to-run spread of single timings on this machine (see the min-max "
