@@ -18,8 +18,8 @@ import re
 import tempfile
 from pathlib import Path
 
-from exporter.artifact import GRAPHS, MANIFEST, Artifact, open_artifact, sha256_file
-from exporter.errors import CheckFailure, RerouteError
+from .artifact import GRAPHS, MANIFEST, Artifact, open_artifact, sha256_file
+from .errors import CheckFailure, RerouteError
 
 from .plugin_graph import write_plugin_form
 from .plugins import default_library_path

@@ -212,7 +212,7 @@ def lint_model(model: onnx.ModelProto, graph_name: str = "graph", shape_inputs=(
 
 def check_artifact(path, plugins: bool = False) -> list[Problem]:
     """Lint every graph of an artifact (the exported form, or the plugin form with ``plugins``)."""
-    from exporter.artifact import GRAPHS, open_artifact
+    from .artifact import GRAPHS, open_artifact
 
     from .plugin_graph import to_plugin_form
 

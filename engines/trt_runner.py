@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 
-from exporter.errors import RerouteError
+from .errors import RerouteError
 
 from .plugins import default_library_path
 from .session_backend import GRAPH_NAMES, SessionBackend

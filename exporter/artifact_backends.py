@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .artifact import open_artifact
+from engines.artifact import open_artifact
 from .parity import make_backend
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RerouteError
+from engines.errors import RerouteError
 from .progress import Progress
 
 BACKENDS = ("torch", "onnxruntime")
@@ -169,7 +169,7 @@ def machine_info() -> dict:
 
 
 def package_versions() -> dict:
-    from .artifact import installed_versions
+    from engines.artifact import installed_versions
 
     return installed_versions(("reroute", "torch", "transformers", "onnx", "onnxruntime", "numpy", "matplotlib"))
 
@@ -343,7 +343,7 @@ def _artifact_dir(root: Path, model: str, method: str, ratio: float) -> Path:
 
 def _ensure_artifact(root: Path, loaded, schedule) -> Path:
     """Export (or reuse, when the folder holds the same model and schedule) an fp32 artifact."""
-    from .artifact import MANIFEST
+    from engines.artifact import MANIFEST
     from .onnx_export import export_artifact
 
     path = _artifact_dir(root, loaded.spec, schedule.method, schedule.ratio)
@@ -441,7 +441,7 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
 
     from graphs.schedule import solve_schedule
 
-    from .inputs import encode
+    from engines.inputs import encode
     from .inspect_model import make_schedule
     from .models import load_config, load_model
     from .samples import synthetic_image
@@ -998,7 +998,7 @@ def run_fidelity(loaded, methods, ratios, samples: int = 4, steps: int = 8) -> d
     from engines.torch_runner import TorchBackend
     from graphs.schedule import solve_schedule
 
-    from .inputs import encode
+    from engines.inputs import encode
     from .inspect_model import make_schedule
     from .samples import sample
 

@@ -27,7 +27,7 @@ def _ratios(text: str) -> list[float]:
 
 def cmd_bench(args) -> int:
     from .bench import format_bench, run_bench, write_json
-    from .errors import RerouteError
+    from engines.errors import RerouteError
 
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():

@@ -7,7 +7,7 @@ import json
 import sys
 from fractions import Fraction
 
-from .errors import RerouteError
+from engines.errors import RerouteError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,7 +121,7 @@ def cmd_parity(args) -> int:
 def cmd_check(args) -> int:
     from engines.trt_check import check_artifact
 
-    from .errors import CheckFailure
+    from engines.errors import CheckFailure
 
     problems = check_artifact(args.artifact, plugins=args.plugins)
     for problem in problems:

@@ -9,8 +9,8 @@ import numpy as np
 
 from engines.generate import Generation, greedy_generate
 
-from .errors import RerouteError
-from .inputs import chat_prompt, encode, load_image
+from engines.errors import RerouteError
+from engines.inputs import chat_prompt, encode, load_image
 from .inspect_model import make_schedule
 from .models import load_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from graphs.flops import flops, kv_bytes, tokens_per_layer
 from graphs.schedule import Schedule, ScheduleError, solve_schedule
 
-from .errors import RerouteError
+from engines.errors import RerouteError
 from .models import load_config
 from .registry import decoder_config, num_visual_tokens
 

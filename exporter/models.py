@@ -11,7 +11,7 @@ import torch
 
 from graphs.config import DecoderConfig, UnsupportedModelError
 
-from .errors import RerouteError
+from engines.errors import RerouteError
 from .presets import PRESETS, build_preset, llava_15_7b_config, preset_config
 from .registry import decoder_config, family_of, num_visual_tokens
 

@@ -18,15 +18,13 @@ from pathlib import Path
 
 import torch
 
+from engines.artifact import FORMAT_VERSION, GRAPHS, MANIFEST, installed_versions, sha256_file
+from engines.atomic import publish, replace_dir
+from engines.errors import RerouteError
+from engines.graph_modules import build_graph_modules
+from engines.inputs import encode
 from engines.onnx_functions import OPSET, attach_pool_functions
-from graphs.export_graphs import DecodeGraph, EmbedGraph, PrefillGraph, VisionGraph
-from graphs.llava import MergeEmbedding, VisionEncoder
-from graphs.routed import RoutedDecoder
 
-from .artifact import FORMAT_VERSION, GRAPHS, MANIFEST, installed_versions, sha256_file
-from .atomic import publish, replace_dir
-from .errors import RerouteError
-from .inputs import encode
 from .inspect_model import make_schedule
 from .models import LoadedModel, load_model
 from .progress import Progress
@@ -39,18 +37,6 @@ DTYPE_NAMES = {"fp32": "float32", "fp16": "float16"}
 # Graphs that carry the same decoder weights and so share one external-data file.
 DECODER_GRAPHS = ("prefill", "decode")
 MANIFEST_PACKAGES = ("reroute", "torch", "transformers", "onnx", "onnxruntime", "polygraphy", "optimum")
-
-
-def build_graph_modules(loaded: LoadedModel, schedule, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
-    """The four graph modules over the model's weights (shared, not copied), in ``dtype``."""
-    hf = loaded.hf_model.to(dtype)
-    decoder = RoutedDecoder.from_hf(hf, loaded.decoder_config, schedule)
-    return {
-        "vision": VisionGraph(VisionEncoder(hf)).eval(),
-        "embed": EmbedGraph(MergeEmbedding(hf.get_input_embeddings(), loaded.image_token_id)).eval(),
-        "prefill": PrefillGraph(decoder).eval(),
-        "decode": DecodeGraph(decoder).eval(),
-    }
 
 
 def _dynamic_axes(name: str, module, num_layers: int) -> dict:

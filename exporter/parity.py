@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.artifact import GRAPHS, Artifact, open_artifact
+from engines.errors import ParityFailure, RerouteError
 from engines.generate import greedy_generate
+from engines.inputs import encode
 
-from .artifact import GRAPHS, Artifact, open_artifact
-from .errors import ParityFailure, RerouteError
-from .inputs import encode
 from .registry import FAMILIES
 from .samples import sample
 
@@ -186,7 +186,7 @@ def run_parity(path, backends=("torch", "onnxruntime"), samples: int = 10, steps
 def _run_parity(path, artifact, live, loaded, tol, backends, samples, steps, save_run_results) -> dict:
     from polygraphy.comparator import Comparator
 
-    from .onnx_export import build_graph_modules
+    from engines.graph_modules import build_graph_modules
 
     reference = live["torch"]
     inputs_list = _encode_samples(artifact, artifact.processor(), samples)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RerouteError
+from engines.errors import RerouteError
 
 DEFERRED, ACTIVE, REENTERED = 0, 1, 2
 STATE_NAMES = {DEFERRED: "deferred", ACTIVE: "active", REENTERED: "re-entered"}
@@ -141,7 +141,7 @@ def routing_map(model: str, image: str, prompt: str, method: str, ratio: float, 
     from engines.generate import greedy_generate
     from engines.torch_runner import TorchBackend
 
-    from .inputs import check_prompt, encode, load_image
+    from engines.inputs import check_prompt, encode, load_image
     from .inspect_model import make_schedule
     from .models import load_model
 

@@ -1,4 +1,4 @@
-"""``reroute deploy``, ``reroute serve`` and ``reroute client``: thin wrappers over exporter.deploy / triton_serve.
+"""``reroute deploy``, ``reroute serve`` and ``reroute client``: thin wrappers over engines.serving.
 
 Heavy imports (PyTriton, tritonclient) happen inside the commands, so
 ``import exporter.cli`` works without them.
@@ -10,7 +10,7 @@ import json
 
 
 def cmd_deploy(args) -> int:
-    from .deploy import write_triton_repo
+    from engines.serving.deploy import write_triton_repo
 
     path = write_triton_repo(args.artifact, args.out, backend=args.backend, force=args.force,
                              plugins=not args.no_plugins)
@@ -23,17 +23,18 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .triton_serve import serve
+    from engines.serving.triton_serve import serve
 
     return serve(args.artifact, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch,
                  model_name=args.model, threads=args.threads, plugins=not args.no_plugins)
 
 
 def cmd_client(args) -> int:
-    from .errors import RerouteError
+    from engines.errors import RerouteError
+    from engines.inputs import IMAGE_PLACEHOLDER
+    from engines.serving.client import client_generate
+
     from .generation import check_max_new_tokens
-    from .inputs import IMAGE_PLACEHOLDER
-    from .triton_serve import client_generate
 
     check_max_new_tokens(args.max_new_tokens)
     count = args.prompt.count(IMAGE_PLACEHOLDER)
@@ -48,7 +49,7 @@ def cmd_client(args) -> int:
 
 def register(sub, parser_class) -> None:
     """Add the serving subcommands to ``reroute``'s subparsers."""
-    from .triton_serve import DEFAULT_HOST, DEFAULT_PORT, MODEL_NAME
+    from engines.serving.triton_serve import DEFAULT_HOST, DEFAULT_PORT, MODEL_NAME
 
     p = sub.add_parser("deploy", help="write a Triton Inference Server model repository for an artifact")
     p.add_argument("artifact", help="exported artifact folder")

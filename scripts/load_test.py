@@ -95,7 +95,7 @@ class Server:
 
 def wait_ready(url: str, timeout: float, proc=None, model: str = "reroute") -> None:
     """Poll the server until the model is ready; RuntimeError on timeout or if ``proc`` exits first."""
-    from exporter.triton_serve import make_client
+    from engines.serving.client import make_client
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,7 +116,7 @@ def wait_ready(url: str, timeout: float, proc=None, model: str = "reroute") -> N
 def run_load(url: str, clients: int, requests: int, max_new_tokens: int = 8, deadline_s: float = 600.0,
              timeout_s: float = 120.0, model: str = "reroute", inputs: int = 5) -> dict:
     """``clients`` threads, each with its own connection, send ``requests`` requests one after another."""
-    from exporter.triton_serve import infer, make_client, server_message
+    from engines.serving.client import infer, make_client, server_message
 
     work = workload(inputs)
     latencies: list[float] = []
@@ -184,7 +184,8 @@ def format_report(r: dict) -> str:
 
 
 def _loopback_url(url: str) -> bool:
-    from exporter.triton_serve import _endpoint, is_loopback
+    from engines.serving.client import _endpoint
+    from engines.serving.triton_serve import is_loopback
 
     host = _endpoint(url)[0].rsplit(":", 1)[0].strip("[]")
     return is_loopback(host)

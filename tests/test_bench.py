@@ -13,7 +13,7 @@ from exporter import bench
 from exporter.bench import (bench_prompt, evaluate_targets, format_bench, ratio_label, run_bench, run_fidelity,
                             same_round_ratio, timing_order)
 from exporter.cli import main
-from exporter.errors import RerouteError
+from engines.errors import RerouteError
 from exporter.inspect_model import make_schedule
 from exporter.routing_map import ACTIVE, DEFERRED, REENTERED, classify_patches, figure_size_px, routing_map
 from graphs.flops import flops, kv_bytes, tokens_per_layer

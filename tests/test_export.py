@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from exporter.artifact import open_artifact
+from engines.artifact import open_artifact
 from exporter.cli import main
-from exporter.errors import RerouteError
+from engines.errors import RerouteError
 from exporter.onnx_export import export_artifact
 from exporter.parity import format_report, run_parity
 
@@ -94,7 +94,7 @@ def test_manifest_and_real_kv_shapes(reroute_artifact, tiny):
                                                    "shape": ["batch", "sequence", 64]}
     assert m["kv"][2] == {"layer": 2, "visual_tokens": 179, "present_len": "sequence - 397"}
     from engines.ort_runner import OrtBackend
-    from exporter.inputs import encode
+    from engines.inputs import encode
     from exporter.samples import sample
 
     prompt, image = sample(0)
@@ -151,7 +151,7 @@ def test_cli_export_and_parity_exit_codes(capsys, tmp_path):
 
 def test_parity_failure_exits_1(capsys, tmp_path, reroute_artifact):
     """Perturb the decoder weights (and re-seal the manifest): parity must fail with exit 1."""
-    from exporter.artifact import MANIFEST, sha256_file
+    from engines.artifact import MANIFEST, sha256_file
 
     broken = tmp_path / "broken"
     shutil.copytree(reroute_artifact, broken)

@@ -14,10 +14,10 @@ from engines.plugin_graph import is_plugin_node, to_plugin_form, write_plugin_fo
 from engines.plugin_reference import reference_session
 from engines.trt_build import default_profiles, parse_shapes
 from engines.trt_check import lint_model
-from exporter.artifact import open_artifact
+from engines.artifact import open_artifact
 from exporter.cli import main
-from exporter.errors import RerouteError
-from exporter.inputs import encode
+from engines.errors import RerouteError
+from engines.inputs import encode
 from exporter.onnx_export import export_artifact
 from exporter.samples import sample
 
@@ -117,7 +117,7 @@ def test_check_flags_undeclared_shape_input_and_mixed_precision(artifacts):
 def test_check_cli_fails_with_exit_1_naming_the_node(capsys, artifacts, tmp_path):
     import shutil
 
-    from exporter.artifact import MANIFEST, sha256_file
+    from engines.artifact import MANIFEST, sha256_file
 
     broken = tmp_path / "broken"
     shutil.copytree(artifacts["reroute"], broken)

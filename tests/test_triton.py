@@ -33,7 +33,7 @@ from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 from exporter.cli import main  # noqa: E402
-from exporter.errors import RerouteError  # noqa: E402
+from engines.errors import RerouteError  # noqa: E402
 from exporter.samples import synthetic_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,8 +191,8 @@ def _parse(path: Path):
 
 
 def test_deploy_onnxruntime_configs_parse(artifact, tmp_path):
-    from exporter.artifact import open_artifact
-    from exporter.deploy import GRAPHS, PIPELINE_MODEL, graph_model_name, write_triton_repo
+    from engines.artifact import open_artifact
+    from engines.serving.deploy import GRAPHS, PIPELINE_MODEL, graph_model_name, write_triton_repo
 
     manifest = open_artifact(artifact).manifest
     repo = write_triton_repo(artifact, tmp_path / "repo")
@@ -245,7 +245,7 @@ def test_deploy_refuses_existing_out_and_missing_engines(artifact, tmp_path, cap
 @pytest.mark.parametrize("plugins", [True, False], ids=["plugins", "no-plugins"])
 def test_deploy_tensorrt_configs(artifact, tmp_path, plugins):
     """Engines where `reroute build` puts them (engines/<plugins|no-plugins>/NAME.plan)."""
-    from exporter.deploy import GRAPHS, graph_model_name, write_triton_repo
+    from engines.serving.deploy import GRAPHS, graph_model_name, write_triton_repo
 
     art = tmp_path / "art"
     shutil.copytree(artifact, art)
@@ -341,7 +341,7 @@ def _stand_in_pb_utils(repo: Path):
 
 
 def test_pipeline_model_matches_generate(artifact, images, reference, tmp_path, monkeypatch):
-    from exporter.deploy import PIPELINE_MODEL, write_triton_repo
+    from engines.serving.deploy import PIPELINE_MODEL, write_triton_repo
 
     repo = write_triton_repo(artifact, tmp_path / "repo")
     pb = _stand_in_pb_utils(repo)
@@ -404,9 +404,9 @@ def test_deployed_repository_on_real_tritonserver(artifact, images, reference, t
 
     import pytriton
 
-    from exporter.artifact import GRAPHS, open_artifact
-    from exporter.deploy import PIPELINE_MODEL, graph_config, graph_model_name, to_pbtxt, write_triton_repo
-    from exporter.triton_serve import client_generate
+    from engines.artifact import GRAPHS, open_artifact
+    from engines.serving.deploy import PIPELINE_MODEL, graph_config, graph_model_name, to_pbtxt, write_triton_repo
+    from engines.serving.client import client_generate
 
     bundle = Path(pytriton.__file__).parent / "tritonserver"
     binary = bundle / "bin" / "tritonserver"
@@ -472,7 +472,7 @@ def test_deployed_repository_on_real_tritonserver(artifact, images, reference, t
             proc.kill()
             proc.wait(10)
         log.close()
-        from exporter.triton_serve import _clean_up_after_triton
+        from engines.serving.triton_serve import _clean_up_after_triton
 
         _clean_up_after_triton(str(backends), set())  # stubs that outlived it, if any (their binary is ours)
         for region in Path("/dev/shm").glob(f"{shm_prefix}*"):
@@ -483,7 +483,7 @@ def test_deployed_repository_on_real_tritonserver(artifact, images, reference, t
 
 
 def test_batcher_groups_equal_lengths_and_matches_single_runs(artifact):
-    from exporter.triton_serve import MicroBatcher, Pipeline
+    from engines.serving.pipeline import MicroBatcher, Pipeline
 
     pipeline = Pipeline(artifact)
     try:
@@ -516,7 +516,7 @@ def test_batcher_groups_equal_lengths_and_matches_single_runs(artifact):
 
 
 def test_served_tokens_match_generate(server, images, reference, capsys):
-    from exporter.triton_serve import client_generate
+    from engines.serving.client import client_generate
 
     for image, prompt in ((images[0], PROMPT), (images[2], OTHER_PROMPT)):
         want = reference(image, prompt)
@@ -554,7 +554,7 @@ MALFORMED = {
 def test_malformed_request_then_good_request(case, client, images, reference):
     from tritonclient.utils import InferenceServerException
 
-    from exporter.triton_serve import server_message
+    from engines.serving.client import server_message
 
     kwargs, needle = MALFORMED[case]
     with pytest.raises(InferenceServerException) as info:
@@ -622,13 +622,14 @@ def test_serve_tensorrt_without_engines_is_one_line_error(artifact, capsys):
 
 
 def test_limits_agree_with_generate():
-    from exporter import deploy, generation, triton_serve
+    from engines.serving import deploy, pipeline
+    from exporter import generation
 
-    assert deploy.MAX_NEW_TOKENS_LIMIT == triton_serve.MAX_NEW_TOKENS_LIMIT == generation.MAX_NEW_TOKENS_LIMIT
+    assert deploy.MAX_NEW_TOKENS_LIMIT == pipeline.MAX_NEW_TOKENS_LIMIT == generation.MAX_NEW_TOKENS_LIMIT
 
 
 def test_deploy_rejects_unknown_backend(artifact, tmp_path):
-    from exporter.deploy import write_triton_repo
+    from engines.serving.deploy import write_triton_repo
 
     with pytest.raises(RerouteError, match="unknown deploy backend"):
         write_triton_repo(artifact, tmp_path / "x", backend="tflite")

@@ -4,7 +4,7 @@ The repository holds one model per graph (``reroute_vision``, ``reroute_embed``,
 ``reroute_prefill``, ``reroute_decode``) and a Python-backend model,
 ``reroute_pipeline``, that runs a whole request (prompt, image bytes,
 max_new_tokens -> text, token_ids) through them with BLS calls
-(exporter/triton_pipeline.py, copied as its ``1/model.py``).
+(engines/serving/triton_pipeline.py, copied as its ``1/model.py``).
 
 Every ``config.pbtxt`` is generated from data: a dict built from the
 manifest's graph IO (symbolic dims -> -1) is parsed into tritonclient's
@@ -29,9 +29,9 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .artifact import GRAPHS, Artifact, open_artifact
-from .atomic import publish, replace_dir
-from .errors import RerouteError
+from ..artifact import GRAPHS, Artifact, open_artifact
+from ..atomic import publish, replace_dir
+from ..errors import RerouteError
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PIPELINE_MODEL = "reroute_pipeline"
@@ -154,7 +154,7 @@ def engine_path(artifact: Artifact, graph: str, plugins: bool = True) -> Path:
 
 def plugin_library(artifact: Artifact) -> Path | None:
     """The token-pool plugin library the plugin-form engines need, if it can be found here."""
-    from engines.plugins import default_library_path
+    from ..plugins import default_library_path
 
     recorded = artifact.manifest.get("engines", {}).get("plugins", {}).get("plugin_library")
     for candidate in (recorded, artifact.root / "engines" / PLUGIN_LIBRARY, default_library_path()):

@@ -1,0 +1,249 @@
+"""The request side of ``reroute serve``: validate and preprocess one request, batch and generate.
+
+Batching. PyTriton can only fail a whole Triton batch at once, so Triton's
+own dynamic batcher would let one malformed request fail its neighbours.
+Instead Triton runs ``max_batch`` model instances, each handling one request:
+it validates and preprocesses the request on its own thread (errors go back
+to that client only), then hands it to one generation worker. The worker takes
+every waiting request with the same prompt length and image position (the
+graphs need one ``visual_start`` and equal lengths), up to the artifact's
+``capacity.max_batch``, and runs them as one batch; ``max_new_tokens`` may
+differ (the batch runs to the largest and each answer is cut to its own).
+Batched and single runs give the same tokens on the tiny model (tests check
+it); ``--max-batch 1`` turns batching off.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import RerouteError
+from ..inputs import IMAGE_PLACEHOLDER, visual_span_start
+
+MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
+SERVE_BACKENDS = ("onnxruntime", "tensorrt")
+
+
+class BadRequest(ValueError):
+    """A request the server refuses; the message goes back to that client."""
+
+
+class RequestRefused(Exception):
+    """What the inference callable raises for a bad request: an ordinary error, so the model keeps serving.
+
+    PyTriton sends the client ``traceback.format_exception`` of the error; with
+    no traceback that is one line, ``engines.serving.pipeline.RequestRefused:
+    <message>``, instead of a stack of this server's source paths.
+    """
+
+    @property
+    def __traceback__(self):
+        return None
+
+    @__traceback__.setter
+    def __traceback__(self, value):
+        pass
+
+
+# -- the generation side ------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    input_ids: np.ndarray  # [1, T] int64
+    pixel_values: np.ndarray  # [1, 3, H, W] float32
+    visual_start: int
+    max_new_tokens: int
+    future: Future = field(default_factory=Future)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.input_ids.shape[1], self.visual_start
+
+
+class Pipeline:
+    """Validation + preprocessing of one request, and batched greedy generation over an artifact."""
+
+    def __init__(self, artifact_dir: str | os.PathLike, backend: str = "onnxruntime", max_batch: int | None = None,
+                 threads: int | None = None, plugins: bool = True):
+        from ..artifact import open_artifact
+
+        if backend not in SERVE_BACKENDS:
+            raise RerouteError(f"unknown serve backend {backend!r}; choose from {', '.join(SERVE_BACKENDS)}")
+        self.artifact = open_artifact(artifact_dir)
+        model = self.artifact.manifest["model"]
+        self.image_token_id, self.num_visual = model["image_token_id"], model["num_visual"]
+        self.eos_token_id = model["eos_token_id"]
+        self.capacity = self.artifact.capacity
+        limit = self.capacity["max_batch"]
+        self.max_batch = limit if max_batch is None else max_batch
+        if not 1 <= self.max_batch <= limit:
+            raise RerouteError(f"--max-batch must be in [1, {limit}] (the artifact's capacity), got {self.max_batch}")
+        self.processor = self.artifact.processor()
+        self.backend = _make_backend(self.artifact, backend, threads, plugins)
+        self._prep_lock = threading.Lock()  # the fast tokenizer is not safe to call from threads at once
+
+    def prepare(self, prompt: bytes, image: bytes, max_new_tokens: int) -> Job:
+        """Check one request and turn it into model inputs; BadRequest names the problem."""
+        from PIL import Image
+
+        try:
+            text = prompt.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("input 'prompt' is not valid UTF-8") from None
+        count = text.count(IMAGE_PLACEHOLDER)
+        if count != 1:
+            raise BadRequest(f"input 'prompt' must contain exactly one {IMAGE_PLACEHOLDER} placeholder, found {count}")
+        if not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise BadRequest(f"input 'max_new_tokens' must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {max_new_tokens}")
+        if not image:
+            raise BadRequest("input 'image' is empty (expected the bytes of an encoded image)")
+        # A cheap bound before tokenizing: no token of a real vocabulary spans 64 characters.
+        if len(text) > 64 * self.capacity["max_sequence"]:
+            raise BadRequest(f"input 'prompt' is far beyond the exported capacity of "
+                             f"{self.capacity['max_sequence']} tokens ({len(text)} characters)")
+        try:
+            with Image.open(io.BytesIO(image)) as img:
+                picture = img.convert("RGB")
+        except Exception as exc:  # PIL raises several types for undecodable data
+            raise BadRequest(f"input 'image' is not a readable image ({type(exc).__name__})") from None
+        with self._prep_lock:
+            batch = self.processor(images=[picture], text=[text], return_tensors="np")
+        input_ids = np.asarray(batch["input_ids"], dtype=np.int64)
+        try:
+            start = visual_span_start(input_ids, self.image_token_id, self.num_visual)
+        except RerouteError as exc:
+            raise BadRequest(f"input 'prompt': {exc}") from None
+        total = input_ids.shape[1] + max_new_tokens
+        if total > self.capacity["max_sequence"]:
+            raise BadRequest(f"input 'prompt' is {input_ids.shape[1]} tokens; with max_new_tokens {max_new_tokens} "
+                             f"that exceeds the exported capacity of {self.capacity['max_sequence']} tokens")
+        return Job(input_ids, np.asarray(batch["pixel_values"], dtype=np.float32), start, max_new_tokens)
+
+    def run(self, jobs: list[Job]) -> list[tuple[list[int], str]]:
+        """Generate for jobs that share a key, as one batch: (token ids, text) per job."""
+        from ..generate import greedy_generate
+
+        input_ids = np.concatenate([j.input_ids for j in jobs])
+        pixels = np.concatenate([j.pixel_values for j in jobs])
+        steps = max(j.max_new_tokens for j in jobs)
+        gen = greedy_generate(self.backend, input_ids, pixels, jobs[0].visual_start, steps, self.eos_token_id)
+        out = []
+        for job, tokens in zip(jobs, gen.generated):
+            tokens = [int(t) for t in tokens[: job.max_new_tokens]]
+            out.append((tokens, self.processor.tokenizer.decode(tokens, skip_special_tokens=True)))
+        return out
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+
+def _make_backend(artifact, backend: str, threads: int | None, plugins: bool = True):
+    if backend == "onnxruntime":
+        from ..ort_runner import OrtBackend
+
+        return OrtBackend(artifact, threads=threads)
+    from ..trt_runner import TrtBackend  # one-line RerouteErrors for missing TensorRT or engines
+
+    return TrtBackend(artifact, plugins=plugins)
+
+
+class MicroBatcher:
+    """One worker thread runs jobs; waiting jobs with the same key go together, up to max_batch."""
+
+    def __init__(self, run, max_batch: int):
+        self._run, self._max_batch = run, max_batch
+        self._pending: list[Job] = []
+        self._cv = threading.Condition()
+        self._closed = False
+        self.batches: list[int] = []  # sizes of the batches run (for tests and logs)
+        self._thread = threading.Thread(target=self._loop, name="reroute-generate", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Future:
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            self._pending.append(job)
+            self._cv.notify()
+        return job.future
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closed:
+                    self._cv.wait()
+                if not self._pending:
+                    return
+                key = self._pending[0].key
+                group = [j for j in self._pending if j.key == key][: self._max_batch]
+                self._pending = [j for j in self._pending if not any(j is g for g in group)]
+            self.batches.append(len(group))
+            try:
+                results = self._run(group)
+            except Exception as exc:  # a failing run fails its own jobs, not the server
+                for job in group:
+                    job.future.set_exception(exc)
+            else:
+                for job, result in zip(group, results):
+                    job.future.set_result(result)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            for job in self._pending:
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+            self._pending = []
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+
+
+# -- the Triton side ----------------------------------------------------------------------------------
+
+
+def _scalar(request, name: str, kind: str):
+    """One element of input ``name``; BadRequest for a missing input or a wrong dtype / shape."""
+    try:
+        value = request[name]
+    except KeyError:
+        raise BadRequest(f"missing input '{name}'") from None
+    value = np.asarray(value)
+    if value.size != 1:
+        raise BadRequest(f"input '{name}' must have shape [1], got {list(value.shape)}")
+    item = value.reshape(-1)[0]
+    if kind == "bytes":
+        if value.dtype.kind not in "OSU" or not isinstance(item, (bytes, str)):
+            raise BadRequest(f"input '{name}' must be BYTES, got {value.dtype}")
+        return item.encode("utf-8") if isinstance(item, str) else bytes(item)
+    if value.dtype.kind not in "iu":
+        raise BadRequest(f"input '{name}' must be INT32, got {value.dtype}")
+    return int(item)
+
+
+class InferHandler:
+    """The PyTriton inference callable (one per Triton model instance; they share the batcher)."""
+
+    def __init__(self, pipeline: Pipeline, batcher: MicroBatcher):
+        self.pipeline, self.batcher = pipeline, batcher
+
+    def __call__(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                job = self.pipeline.prepare(_scalar(request, "prompt", "bytes"), _scalar(request, "image", "bytes"),
+                                            _scalar(request, "max_new_tokens", "int"))
+            except BadRequest as exc:
+                # Not PyTritonUnrecoverableError: that would stop the model; this fails one request only.
+                raise RequestRefused(str(exc)) from None
+            tokens, text = self.batcher.submit(job).result()
+            responses.append({"text": np.array([text.encode("utf-8")], dtype=np.object_),
+                              "token_ids": np.asarray(tokens, dtype=np.int64)})
+        return responses
