@@ -7,25 +7,32 @@ import os
 from .session_backend import GRAPH_NAMES, SessionBackend
 
 
-def make_session(path, providers: list[str] | None = None, threads: int | None = None):
+def make_session(path, providers: list[str] | None = None, threads: int | None = None, options=None):
+    """An InferenceSession with ORT_ENABLE_ALL (``options``: caller-made SessionOptions, e.g. for profiling)."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    if options is None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+    return ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
 
 
 class OrtBackend(SessionBackend):
-    name = "onnxruntime"
+    """``graphs``: open only these graphs' sessions (the bench times prefill and decode from different
+    artifacts); ``options``: SessionOptions for every session (the bench's profiler)."""
 
-    def __init__(self, artifact, providers: list[str] | None = None, threads: int | None = None):
+    name = "onnxruntime"
+    copy_outputs = False  # InferenceSession.run returns fresh arrays: no buffer is reused between calls
+
+    def __init__(self, artifact, providers: list[str] | None = None, threads: int | None = None,
+                 graphs: tuple[str, ...] = GRAPH_NAMES, options=None):
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
         super().__init__(artifact)
-        self.sessions = {g: make_session(artifact.graph_path(g), providers, threads) for g in GRAPH_NAMES}
+        self.sessions = {g: make_session(artifact.graph_path(g), providers, threads, options) for g in graphs}
         self._activate({g: OnnxrtRunner(s, name=f"ort-{g}") for g, s in self.sessions.items()})
 
     def comparator_runner(self, graph: str):

@@ -16,6 +16,7 @@ class SessionBackend:
     :meth:`comparator_runner`; feeds are cast to each graph's declared input dtypes."""
 
     name = "session"
+    copy_outputs = True  # runners (TensorRT) may reuse their output buffers on the next call
 
     def __init__(self, artifact):
         self.artifact = artifact
@@ -50,7 +51,8 @@ class SessionBackend:
         outputs copied, as runners may reuse their buffers."""
         dtypes = self.dtypes[graph]
         cast = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items() if k in dtypes}
-        return {k: np.array(v) for k, v in self.runners[graph].infer(cast, check_inputs=False).items()}
+        out = self.runners[graph].infer(cast, check_inputs=False)
+        return {k: np.array(v) for k, v in out.items()} if self.copy_outputs else dict(out)
 
     def vision(self, pixel_values):
         return self.run("vision", {"pixel_values": pixel_values})["image_features"]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exporter import bench
 from exporter.bench import (bench_prompt, evaluate_targets, format_bench, ratio_label, run_bench, run_fidelity,
                             same_round_ratio, timing_order)
 from exporter.cli import main
@@ -76,15 +75,17 @@ def test_ratios_are_paired_with_the_same_run_baseline(torch_report):
 
 
 def test_call_order_rotates_by_one_config_per_round(tiny, monkeypatch):
-    calls = []
-    original = bench._TorchRunner.__init__
+    from engines.torch_runner import TorchBackend
 
-    def recording_init(self, loaded, schedule):
-        original(self, loaded, schedule)
+    calls = []
+    original = TorchBackend.__init__
+
+    def recording_init(self, loaded, schedule, *args):
+        original(self, loaded, schedule, *args)
         prefill = self.prefill
         self.prefill = lambda embeds, v0: (calls.append(schedule.method), prefill(embeds, v0))[1]
 
-    monkeypatch.setattr(bench._TorchRunner, "__init__", recording_init)
+    monkeypatch.setattr(TorchBackend, "__init__", recording_init)
     run_bench("llava-tiny", methods=["fastv", "reroute"], ratios=[1 / 3], backends=["torch"], runs=3, warmup=1,
               decode_steps=1, quiet=True, loaded=tiny, min_cpu_share=0)
     rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]

@@ -1,0 +1,264 @@
+"""``reroute bench``: latency, memory, KV bytes and theoretical FLOPs of every method, measured interleaved.
+
+For each ratio, the unrouted model (method ``none``) and every routed method run
+round-robin: for each run index and backend, every config once, each routing
+method right after the deletion it augments, the order rotated by one config
+per round (so no method always follows the long unrouted call). Absolute
+times drift (other work on the machine, thermal state), so every timing is
+also given as a ratio to the unrouted model of the SAME run index, and the
+median / min / max of those paired ratios is reported.
+
+What is measured, per (method, ratio, backend):
+- prefill: one call of the prefill graph (inputs_embeds -> logits + per-layer
+  KV), the vision tower and embedding excluded (they are the same for every
+  method and computed once);
+- decode: ``decode_steps`` greedy steps from that prefill's cache, one decode
+  graph call each; reported per token;
+- peak memory: growth of the process's peak RSS (``VmHWM``, reset through
+  ``/proc/self/clear_refs`` after ``malloc_trim``) during the FIRST prefill
+  call of the config, which for ONNX Runtime includes its arena growing to
+  the working size plus the returned KV cache;
+- KV bytes: the sum of ``nbytes`` of the real ``present`` tensors the prefill
+  returned, checked against ``kv_bytes(cfg, tokens_per_layer(schedule, text), bytes)``;
+- TFLOPs (SPEC section 6) in both conventions: visual tokens only, and all
+  tokens (text included), with the routing's scoring overhead separately.
+
+ONNX Runtime sessions use its defaults (``intra_op_num_threads = 0``: one
+thread per physical core) with ``ORT_ENABLE_ALL``. ONNX Runtime's decode graph
+does not depend on the schedule (only the cache lengths do), so one decode
+session from the unrouted artifact serves every method's cache: the bench
+checks that every exported decode graph has the same nodes first.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from engines.artifact import open_artifact
+from engines.errors import RerouteError
+
+from ..progress import Progress
+from .artifacts import _ensure_artifact, _graph_signature
+from .common import BACKENDS, BASELINE, DEFAULT_METHODS, DEFAULT_RATIOS, SCHEMA_VERSION, bench_prompt, ratio_label
+from .fidelity import run_fidelity
+from .machine import MEMORY_METHOD, _load_average, _Memory, machine_info, package_versions
+from .measure import INTERLEAVING, _run_group
+from .profiles import _profile_group
+from .results import _ort_vs_torch, _result_row, theory
+
+def _check_args(methods, ratios, backends, runs, warmup, decode_steps, text_tokens):
+    from graphs.schedule import METHODS
+
+    if not methods:
+        raise RerouteError("--methods is empty")
+    for m in methods:
+        if m not in METHODS:
+            raise RerouteError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    if not ratios:
+        raise RerouteError("--ratios is empty")
+    for r in ratios:
+        if not (isinstance(r, (int, float)) and math.isfinite(r) and 0 < r <= 1):
+            raise RerouteError(f"every ratio must be in (0, 1], got {r}")
+    if not backends:
+        raise RerouteError("--backends is empty")
+    for b in backends:
+        if b not in BACKENDS:
+            raise RerouteError(f"unknown backend {b!r}; bench runs {', '.join(BACKENDS)}")
+    if runs < 1:
+        raise RerouteError(f"--runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise RerouteError(f"--warmup must be >= 0, got {warmup}")
+    if decode_steps < 1:
+        raise RerouteError(f"--decode-steps must be >= 1, got {decode_steps}")
+    if text_tokens < 1:
+        raise RerouteError(f"--text-tokens must be >= 1, got {text_tokens}")
+
+
+def _dedupe(items):
+    out = []
+    for x in items:
+        if x not in out:
+            out.append(x)
+    return out
+
+
+def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAULT_RATIOS,
+              backends=BACKENDS, runs: int = 3, warmup: int = 1, decode_steps: int = 8, text_tokens: int = 40,
+              fidelity: bool = False, fidelity_samples: int = 4, fidelity_steps: int = 8,
+              artifacts: str | None = None, keep_artifacts: bool = True, profile_ratios=(), torch_ratios=None,
+              quiet: bool = False, loaded=None, pause_s: float = 0.02, min_cpu_share: float = 0.9) -> dict:
+    """Run the benchmark; returns a JSON-able dict (see ``docs/BENCHMARKS.md`` for the fields).
+
+    ``artifacts``: folder where exported artifacts are kept and reused (default: a
+    temporary folder, deleted at the end; routed artifacts are then deleted after
+    their ratio group, as they are with ``keep_artifacts=False``). ``profile_ratios``:
+    ratios whose ONNX Runtime prefill and decode (and torch prefill) are also run once
+    under a profiler (per-op and per-layer time). ``torch_ratios``: measure the torch
+    backend only at these ratios (default: at every ratio). ``min_cpu_share``: rounds in
+    which any timed call got less than this share of the cores are repeated (0 disables).
+    """
+    import torch
+
+    from engines.inputs import encode
+    from engines.ort_runner import OrtBackend
+    from graphs.schedule import solve_schedule
+
+    from ..inspect_model import make_schedule
+    from ..models import load_config, load_model
+    from ..samples import synthetic_image
+
+    methods = _dedupe([m.strip() for m in methods])
+    ratios = _dedupe([float(r) for r in ratios])
+    backends = _dedupe([b.strip() for b in backends])
+    _check_args(methods, ratios, backends, runs, warmup, decode_steps, text_tokens)
+    if not 0.0 <= min_cpu_share <= 1.0:
+        raise RerouteError(f"--min-cpu-share must be in [0, 1], got {min_cpu_share}")
+    routed_methods = [m for m in methods if m != BASELINE]
+    profile_ratios = [float(r) for r in profile_ratios or ()]
+
+    if not routed_methods:
+        raise RerouteError("--methods needs at least one routed method (none is always measured as the baseline)")
+    config = loaded.config if loaded is not None else load_config(model)
+
+    # schedules: infeasible combinations are skipped with a note, not fatal
+    groups, skipped = [], []
+    for ratio in ratios:
+        scheds = []
+        for m in routed_methods:
+            try:
+                scheds.append(make_schedule(config, m, ratio))
+            except RerouteError as exc:
+                skipped.append({"method": m, "ratio": ratio, "reason": str(exc)})
+        if scheds:
+            groups.append((ratio, scheds))
+    if not groups:
+        raise RerouteError("no feasible (method, ratio) combination: " + "; ".join(s["reason"] for s in skipped))
+
+    total_steps = 1 + len(groups) * (warmup + runs) + (1 if fidelity else 0)
+    if "onnxruntime" in backends:
+        total_steps += len(groups) + 1 + sum(1 for r, _ in groups if r in profile_ratios)
+    progress = Progress(total_steps, quiet)
+    with progress(f"loading {model}"):
+        loaded = loaded or load_model(model)
+    cfg = loaded.decoder_config
+    num_visual = loaded.num_visual
+    baseline = solve_schedule(BASELINE, 1.0, cfg.num_layers, num_visual)
+
+    # one prompt of exactly text_tokens text tokens + the image: the same inputs for every config
+    prompt = bench_prompt(loaded.processor, text_tokens)
+    image = synthetic_image(0, size=(336, 336))
+    inputs = encode(loaded.processor, [prompt], [image], loaded.image_token_id, num_visual)
+    seq_len = int(inputs.input_ids.shape[1])
+    text = seq_len - num_visual
+    if text != text_tokens:
+        raise RerouteError(f"the bench prompt has {text} text tokens, not {text_tokens}")  # pragma: no cover
+    v0 = inputs.visual_start
+    from engines.torch_runner import TorchBackend
+
+    ref = TorchBackend(loaded, baseline)
+    embeds = ref.embed(inputs.input_ids, ref.vision(inputs.pixel_values))  # [1, T, d] float32
+    table = loaded.hf_model.get_input_embeddings().weight.detach().float().numpy()  # decode-step embeddings
+    del ref
+
+    own_root = artifacts is None
+    root = Path(tempfile.mkdtemp(prefix="reroute-bench-")) if own_root else Path(artifacts)
+    root.mkdir(parents=True, exist_ok=True)
+    load_before = _load_average()
+    started = time.time()
+    results, profiles, notes = [], [], []
+    mem = _Memory()
+    try:
+        decode_ort = None
+        baseline_path = None
+        if "onnxruntime" in backends:
+            with progress("export/reuse the unrouted artifact and open the shared ONNX Runtime decode session"):
+                baseline_path = _ensure_artifact(root, loaded, baseline)
+                decode_ort = OrtBackend(open_artifact(baseline_path, verify=False), graphs=("decode",))
+        for ratio, scheds in groups:
+            configs = [baseline, *scheds]
+            paths = {}
+            if "onnxruntime" in backends:
+                with progress(f"ratio {ratio_label(ratio)}: export/reuse {len(scheds)} routed artifact(s)"):
+                    paths[BASELINE] = baseline_path
+                    base_sig = _graph_signature(baseline_path / "decode.onnx")
+                    for s in scheds:
+                        paths[s.method] = _ensure_artifact(root, loaded, s)
+                        if _graph_signature(paths[s.method] / "decode.onnx") != base_sig:
+                            raise RerouteError(f"the decode graph of {s.method} differs from the unrouted one; "
+                                               "the shared decode session cannot stand in for it")
+            here = [b for b in backends if b != "torch" or torch_ratios is None
+                    or any(abs(ratio - r) < 1e-9 for r in torch_ratios)]
+            group = _run_group(ratio, configs, here, loaded, paths, decode_ort, embeds, v0, seq_len, table,
+                               runs, warmup, decode_steps, progress, mem, pause_s, min_cpu_share)
+            for s in configs:
+                th = theory(cfg, s, text)
+                for b in here:
+                    results.append(_result_row(s, ratio, b, group, th, cfg))
+            if "onnxruntime" in backends and ratio in profile_ratios:
+                with progress(f"ratio {ratio_label(ratio)}: profiles (ONNX Runtime prefill + decode step, "
+                              "torch prefill)"):
+                    profiles.extend(_profile_group(ratio, configs, paths, embeds, v0, seq_len, table, cfg,
+                                                   group, root, loaded if "torch" in here else None))
+            group.clear()
+            gc.collect()
+            if own_root or not keep_artifacts:  # routed artifacts of this group are no longer needed
+                for s in scheds:
+                    if s.method in paths:
+                        shutil.rmtree(paths[s.method], ignore_errors=True)
+        if decode_ort is not None:
+            decode_ort.close()
+        decode_ort = None
+        fid = None
+        if fidelity:
+            with progress(f"fidelity: {fidelity_samples} samples x {fidelity_steps} greedy steps (torch)"):
+                fid = run_fidelity(loaded, routed_methods, [r for r, _ in groups], fidelity_samples,
+                                   fidelity_steps)
+    finally:
+        if own_root:
+            shutil.rmtree(root, ignore_errors=True)
+
+    if "onnxruntime" in backends:
+        notes.append("ONNX Runtime: one InferenceSession per routed prefill graph, default options "
+                     "(ORT_ENABLE_ALL, intra_op_num_threads=0 = one thread per physical core); one decode session "
+                     "(from the unrouted artifact: every artifact's decode graph has identical nodes) serves all "
+                     "methods' caches")
+    notes.append("decode tokens are greedy; their embeddings are rows of the embedding table (no embed graph "
+                 "call inside the timed region)")
+    return {
+        "schema": SCHEMA_VERSION,
+        "model": loaded.spec,
+        "source": loaded.source,
+        "decoder": cfg.to_dict(),
+        "num_visual": num_visual,
+        "prompt": {"text": prompt, "tokens": seq_len, "text_tokens": text, "visual_start": v0},
+        "settings": {
+            "methods": [BASELINE, *routed_methods], "ratios": [r for r, _ in groups],
+            "ratio_labels": [ratio_label(r) for r, _ in groups], "backends": backends, "runs": runs,
+            "warmup": warmup, "decode_steps": decode_steps, "text_tokens": text,
+            "interleaving": INTERLEAVING,
+            "contention_guard": f"a round in which any call got < {min_cpu_share} of the usable cores (process CPU "
+                                "time / (wall x cores), less the share of CPU time the hypervisor stole during the "
+                                "round) is set aside and repeated (at most 2 x runs extra rounds)"
+                                if min_cpu_share > 0 else "off",
+            "onnxruntime_threads": "default (intra_op_num_threads=0: one per physical core)",
+            "torch_ratios": None if torch_ratios is None else [float(r) for r in torch_ratios],
+            "profile_ratios": profile_ratios,
+            "torch_threads": torch.get_num_threads(),
+            "memory_method": MEMORY_METHOD,
+            "timer": "time.perf_counter around the graph call (prefill: inputs_embeds -> logits + KV)",
+        },
+        "machine": {**machine_info(), "load_average_before": load_before, "load_average_after": _load_average()},
+        "packages": package_versions(),
+        "elapsed_s": time.time() - started,
+        "skipped": skipped,
+        "notes": notes,
+        "results": results,
+        "ort_vs_torch": _ort_vs_torch(results),
+        "profiles": profiles,
+        "fidelity": fid,
+    }
