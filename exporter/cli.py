@@ -66,7 +66,7 @@ def cmd_generate(args) -> int:
     from .generation import run_generate, save_logits, torch_backend
 
     if args.backend != "torch":
-        from .artifact_backends import artifact_backend
+        from engines.backends import artifact_backend
 
         if not args.artifact:
             raise RerouteError(f"--backend {args.backend} needs --artifact DIR (an exported folder)")

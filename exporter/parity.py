@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from engines.artifact import GRAPHS, Artifact, open_artifact
+from engines.backends import open_backend
 from engines.errors import ParityFailure, RerouteError
 from engines.generate import greedy_generate
 from engines.inputs import encode
 
 from .registry import FAMILIES
 from .samples import sample
-
-BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-no-plugins")
 
 
 def tolerances(artifact: Artifact) -> dict:
@@ -46,23 +45,8 @@ def _reference_model(artifact: Artifact, loaded):
 
 
 def make_backend(name: str, artifact: Artifact, loaded=None, plugins: bool = True):
-    import torch
-
-    if name == "torch":
-        from engines.torch_runner import TorchBackend
-
-        return TorchBackend(_reference_model(artifact, loaded), artifact.schedule, getattr(torch, artifact.dtype))
-    if name == "onnxruntime":
-        from engines.ort_runner import OrtBackend
-
-        return OrtBackend(artifact)
-    if name in ("tensorrt", "tensorrt-no-plugins"):
-        from engines.trt_runner import TrtBackend
-
-        backend = TrtBackend(artifact, plugins=plugins and name == "tensorrt")
-        backend.name = name
-        return backend
-    raise RerouteError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    model = _reference_model(artifact, loaded) if name == "torch" else None
+    return open_backend(name, artifact, model, plugins)
 
 
 def _encode_samples(artifact: Artifact, processor, count: int):

@@ -77,7 +77,7 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(artifact):
     """Token ids as ``reroute generate --backend onnxruntime`` computes them (the library function)."""
-    from exporter.artifact_backends import artifact_backend
+    from engines.backends import artifact_backend
     from exporter.generation import run_generate
 
     processor, image_token_id, num_visual, backend, eos, art = artifact_backend(artifact, "onnxruntime")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backends import open_backend
 from ..errors import RerouteError
 from ..inputs import IMAGE_PLACEHOLDER, visual_span_start
 
@@ -86,7 +87,7 @@ class Pipeline:
         if not 1 <= self.max_batch <= limit:
             raise RerouteError(f"--max-batch must be in [1, {limit}] (the artifact's capacity), got {self.max_batch}")
         self.processor = self.artifact.processor()
-        self.backend = _make_backend(self.artifact, backend, threads, plugins)
+        self.backend = open_backend(backend, self.artifact, plugins=plugins, threads=threads)
         self._prep_lock = threading.Lock()  # the fast tokenizer is not safe to call from threads at once
 
     def prepare(self, prompt: bytes, image: bytes, max_new_tokens: int) -> Job:
@@ -144,16 +145,6 @@ class Pipeline:
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()
-
-
-def _make_backend(artifact, backend: str, threads: int | None, plugins: bool = True):
-    if backend == "onnxruntime":
-        from ..ort_runner import OrtBackend
-
-        return OrtBackend(artifact, threads=threads)
-    from ..trt_runner import TrtBackend  # one-line RerouteErrors for missing TensorRT or engines
-
-    return TrtBackend(artifact, plugins=plugins)
 
 
 class MicroBatcher:
