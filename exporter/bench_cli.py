@@ -26,17 +26,18 @@ def _ratios(text: str) -> list[float]:
 
 
 def cmd_bench(args) -> int:
-    from .bench import format_bench, run_bench, write_json
     from engines.errors import RerouteError
+
+    from .bench import BenchOptions, format_bench, run_bench, write_json
 
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
         raise RerouteError(f"--out must be a folder, {out} is a file")
-    report = run_bench(args.model, args.methods, args.ratios, args.backends, runs=args.runs, warmup=args.warmup,
-                       decode_steps=args.decode_steps, text_tokens=args.text_tokens, fidelity=args.fidelity,
-                       fidelity_samples=args.fidelity_samples, fidelity_steps=args.fidelity_steps,
-                       artifacts=args.artifacts, profile_ratios=args.profile or (), quiet=args.quiet or args.json,
-                       min_cpu_share=args.min_cpu_share)
+    report = run_bench(BenchOptions(
+        args.model, args.methods, args.ratios, args.backends, runs=args.runs, warmup=args.warmup,
+        decode_steps=args.decode_steps, text_tokens=args.text_tokens, fidelity=args.fidelity,
+        fidelity_samples=args.fidelity_samples, fidelity_steps=args.fidelity_steps, artifacts=args.artifacts,
+        profile_ratios=args.profile or (), quiet=args.quiet or args.json, min_cpu_share=args.min_cpu_share))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(report, out / "bench_results.json")

@@ -7,10 +7,10 @@ import tempfile
 
 import numpy as np
 
-from engines.generate import Generation, greedy_generate
-
 from engines.errors import RerouteError
+from engines.generate import Generation, greedy_generate
 from engines.inputs import chat_prompt, encode, load_image
+
 from .inspect_model import make_schedule
 from .models import load_model
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from engines.errors import RerouteError
 from graphs.flops import flops, kv_bytes, tokens_per_layer
 from graphs.schedule import Schedule, ScheduleError, solve_schedule
 
-from engines.errors import RerouteError
 from .models import load_config
 from .registry import decoder_config, num_visual_tokens
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from engines.errors import RerouteError
 from graphs.config import DecoderConfig, UnsupportedModelError
 
-from engines.errors import RerouteError
 from .presets import PRESETS, build_preset, llava_15_7b_config, preset_config
 from .registry import decoder_config, family_of, num_visual_tokens
 

@@ -139,9 +139,9 @@ def routing_map(model: str, image: str, prompt: str, method: str, ratio: float, 
                 keep_ratios=None, loaded=None) -> dict:
     """Run the reference once and write the map; returns per-decision-layer counts."""
     from engines.generate import greedy_generate
+    from engines.inputs import check_prompt, encode, load_image
     from engines.torch_runner import TorchBackend
 
-    from engines.inputs import check_prompt, encode, load_image
     from .inspect_model import make_schedule
     from .models import load_model
 

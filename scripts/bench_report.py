@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.bench import run_bench, write_json  # noqa: E402
+from exporter.bench import BenchOptions, run_bench, write_json  # noqa: E402
 from exporter.bench.markdown import readme_headline, render, update_readme  # noqa: E402
 from exporter.bench.tables import atomic_write_text  # noqa: E402
 
@@ -60,12 +60,12 @@ def main(argv=None) -> int:
         report = json.loads(Path(args.from_json).read_text())
     else:
         command = "python scripts/bench_report.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        report = run_bench(args.model, args.methods.split(","), args.ratios, args.backends.split(","),
-                           runs=args.runs, warmup=args.warmup, decode_steps=args.decode_steps,
-                           text_tokens=args.text_tokens, fidelity=not args.no_fidelity,
-                           fidelity_samples=args.fidelity_samples, fidelity_steps=args.fidelity_steps,
-                           artifacts=args.artifacts, profile_ratios=[args.target_ratio],
-                           torch_ratios=args.torch_ratios, quiet=args.quiet, min_cpu_share=args.min_cpu_share)
+        report = run_bench(BenchOptions(
+            args.model, args.methods.split(","), args.ratios, args.backends.split(","), runs=args.runs,
+            warmup=args.warmup, decode_steps=args.decode_steps, text_tokens=args.text_tokens,
+            fidelity=not args.no_fidelity, fidelity_samples=args.fidelity_samples,
+            fidelity_steps=args.fidelity_steps, artifacts=args.artifacts, profile_ratios=[args.target_ratio],
+            torch_ratios=args.torch_ratios, quiet=args.quiet, min_cpu_share=args.min_cpu_share))
         report["command"] = command.strip()
         report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json(report, docs / "bench_results.json")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exporter.bench import (bench_prompt, evaluate_targets, format_bench, ratio_label, run_bench, run_fidelity,
-                            same_round_ratio, timing_order)
-from exporter.cli import main
 from engines.errors import RerouteError
+from exporter.bench import (BenchOptions, bench_prompt, evaluate_targets, format_bench, ratio_label, run_bench,
+                            run_fidelity, same_round_ratio, timing_order)
+from exporter.cli import main
 from exporter.inspect_model import make_schedule
 from exporter.routing_map import ACTIVE, DEFERRED, REENTERED, classify_patches, figure_size_px, routing_map
 from graphs.flops import flops, kv_bytes, tokens_per_layer
@@ -23,15 +23,16 @@ PROMPT = "USER: <image>\nWhere is the red ball? ASSISTANT:"
 @pytest.fixture(scope="module")
 def ort_report(tiny):
     """Both backends, one routed method, profiled, with fidelity: the one bench that exports artifacts."""
-    return run_bench("llava-tiny", methods=["reroute"], ratios=[0.25], backends=["torch", "onnxruntime"], runs=2,
-                     warmup=0, decode_steps=2, fidelity=True, fidelity_samples=2, fidelity_steps=3,
-                     profile_ratios=[0.25], quiet=True, loaded=tiny)
+    return run_bench(BenchOptions("llava-tiny", methods=["reroute"], ratios=[0.25],
+                                  backends=["torch", "onnxruntime"], runs=2, warmup=0, decode_steps=2, fidelity=True,
+                                  fidelity_samples=2, fidelity_steps=3, profile_ratios=[0.25], quiet=True),
+                     loaded=tiny)
 
 
 @pytest.fixture(scope="module")
 def torch_report(tiny):
-    return run_bench("llava-tiny", methods=["fastv", "reroute"], ratios=[1 / 3], backends=["torch"], runs=2,
-                     warmup=1, decode_steps=2, quiet=True, loaded=tiny)
+    return run_bench(BenchOptions("llava-tiny", methods=["fastv", "reroute"], ratios=[1 / 3], backends=["torch"],
+                                  runs=2, warmup=1, decode_steps=2, quiet=True), loaded=tiny)
 
 
 def _rows(report):
@@ -86,8 +87,8 @@ def test_call_order_rotates_by_one_config_per_round(tiny, monkeypatch):
         self.prefill = lambda embeds, v0: (calls.append(schedule.method), prefill(embeds, v0))[1]
 
     monkeypatch.setattr(TorchBackend, "__init__", recording_init)
-    run_bench("llava-tiny", methods=["fastv", "reroute"], ratios=[1 / 3], backends=["torch"], runs=3, warmup=1,
-              decode_steps=1, quiet=True, loaded=tiny, min_cpu_share=0)
+    run_bench(BenchOptions("llava-tiny", methods=["fastv", "reroute"], ratios=[1 / 3], backends=["torch"], runs=3,
+                           warmup=1, decode_steps=1, quiet=True, min_cpu_share=0), loaded=tiny)
     rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
     assert rounds == [["none", "fastv", "reroute"], ["fastv", "reroute", "none"], ["reroute", "none", "fastv"],
                       ["none", "fastv", "reroute"]]  # warm-up, then 3 timed rounds

@@ -10,8 +10,8 @@ import onnx
 import pytest
 
 from engines.artifact import open_artifact
-from exporter.cli import main
 from engines.errors import RerouteError
+from exporter.cli import main
 from exporter.onnx_export import export_artifact
 from exporter.parity import format_report, run_parity
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from engines.generate import greedy_generate
-from engines.torch_runner import TorchBackend
 from engines.inputs import encode
+from engines.torch_runner import TorchBackend
 from graphs.schedule import solve_schedule
 
 from .conftest import PROMPTS, make_image

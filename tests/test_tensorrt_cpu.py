@@ -9,15 +9,15 @@ import onnx
 import pytest
 from onnx import helper
 
+from engines.artifact import open_artifact
+from engines.errors import RerouteError
+from engines.inputs import encode
 from engines.ort_runner import OrtBackend
 from engines.plugin_graph import is_plugin_node, to_plugin_form, write_plugin_form
 from engines.plugin_reference import reference_session
 from engines.trt_build import default_profiles, parse_shapes
 from engines.trt_check import lint_model
-from engines.artifact import open_artifact
 from exporter.cli import main
-from engines.errors import RerouteError
-from engines.inputs import encode
 from exporter.onnx_export import export_artifact
 from exporter.samples import sample
 

@@ -32,8 +32,8 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2",
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
-from exporter.cli import main  # noqa: E402
 from engines.errors import RerouteError  # noqa: E402
+from exporter.cli import main  # noqa: E402
 from exporter.samples import synthetic_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -43,8 +43,8 @@ def kv_nbytes(cache) -> int:
     return int(sum(t.nbytes for kv in cache for t in kv))
 
 
-def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, seq_len, table, runs, warmup,
-               decode_steps, progress, mem, pause_s, min_cpu_share: float = 0.0) -> dict:
+def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, seq_len, table, options,
+               progress, mem) -> dict:
     """Interleaved timing of one ratio group. Returns {(method, backend): measurements}.
 
     A round is one call sequence over every (backend, config). With ``min_cpu_share > 0`` a round in
@@ -55,6 +55,8 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
     from engines.ort_runner import OrtBackend
     from engines.torch_runner import TorchBackend
 
+    runs, warmup, decode_steps = options.runs, options.warmup, options.decode_steps
+    pause_s, min_cpu_share = options.pause_s, options.min_cpu_share
     runners, data = {}, {}  # (method, backend) -> (prefill backend, decode backend)
     for b in backends:
         for s in configs:

@@ -44,8 +44,9 @@ from engines.errors import RerouteError
 
 from ..progress import Progress
 from .artifacts import _ensure_artifact, _graph_signature
-from .common import BACKENDS, BASELINE, DEFAULT_METHODS, DEFAULT_RATIOS, SCHEMA_VERSION, bench_prompt, ratio_label
+from .common import BACKENDS, BASELINE, SCHEMA_VERSION, bench_prompt, ratio_label
 from .fidelity import run_fidelity
+from .options import BenchOptions
 from .machine import MEMORY_METHOD, _load_average, _Memory, machine_info, package_versions
 from .measure import INTERLEAVING, _run_group
 from .profiles import _profile_group
@@ -87,21 +88,9 @@ def _dedupe(items):
     return out
 
 
-def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAULT_RATIOS,
-              backends=BACKENDS, runs: int = 3, warmup: int = 1, decode_steps: int = 8, text_tokens: int = 40,
-              fidelity: bool = False, fidelity_samples: int = 4, fidelity_steps: int = 8,
-              artifacts: str | None = None, keep_artifacts: bool = True, profile_ratios=(), torch_ratios=None,
-              quiet: bool = False, loaded=None, pause_s: float = 0.02, min_cpu_share: float = 0.9) -> dict:
+def run_bench(options: BenchOptions, loaded=None) -> dict:
     """Run the benchmark; returns a JSON-able dict (see ``docs/BENCHMARKS.md`` for the fields).
-
-    ``artifacts``: folder where exported artifacts are kept and reused (default: a
-    temporary folder, deleted at the end; routed artifacts are then deleted after
-    their ratio group, as they are with ``keep_artifacts=False``). ``profile_ratios``:
-    ratios whose ONNX Runtime prefill and decode (and torch prefill) are also run once
-    under a profiler (per-op and per-layer time). ``torch_ratios``: measure the torch
-    backend only at these ratios (default: at every ratio). ``min_cpu_share``: rounds in
-    which any timed call got less than this share of the cores are repeated (0 disables).
-    """
+    ``loaded``: an already loaded ``options.model`` (tests share one)."""
     import torch
 
     from engines.inputs import encode
@@ -112,18 +101,19 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
     from ..models import load_config, load_model
     from ..samples import synthetic_image
 
-    methods = _dedupe([m.strip() for m in methods])
-    ratios = _dedupe([float(r) for r in ratios])
-    backends = _dedupe([b.strip() for b in backends])
-    _check_args(methods, ratios, backends, runs, warmup, decode_steps, text_tokens)
-    if not 0.0 <= min_cpu_share <= 1.0:
-        raise RerouteError(f"--min-cpu-share must be in [0, 1], got {min_cpu_share}")
+    o = options
+    methods = _dedupe([m.strip() for m in o.methods])
+    ratios = _dedupe([float(r) for r in o.ratios])
+    backends = _dedupe([b.strip() for b in o.backends])
+    _check_args(methods, ratios, backends, o.runs, o.warmup, o.decode_steps, o.text_tokens)
+    if not 0.0 <= o.min_cpu_share <= 1.0:
+        raise RerouteError(f"--min-cpu-share must be in [0, 1], got {o.min_cpu_share}")
     routed_methods = [m for m in methods if m != BASELINE]
-    profile_ratios = [float(r) for r in profile_ratios or ()]
+    profile_ratios = [float(r) for r in o.profile_ratios or ()]
 
     if not routed_methods:
         raise RerouteError("--methods needs at least one routed method (none is always measured as the baseline)")
-    config = loaded.config if loaded is not None else load_config(model)
+    config = loaded.config if loaded is not None else load_config(o.model)
 
     # schedules: infeasible combinations are skipped with a note, not fatal
     groups, skipped = [], []
@@ -139,24 +129,24 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
     if not groups:
         raise RerouteError("no feasible (method, ratio) combination: " + "; ".join(s["reason"] for s in skipped))
 
-    total_steps = 1 + len(groups) * (warmup + runs) + (1 if fidelity else 0)
+    total_steps = 1 + len(groups) * (o.warmup + o.runs) + (1 if o.fidelity else 0)
     if "onnxruntime" in backends:
         total_steps += len(groups) + 1 + sum(1 for r, _ in groups if r in profile_ratios)
-    progress = Progress(total_steps, quiet)
-    with progress(f"loading {model}"):
-        loaded = loaded or load_model(model)
+    progress = Progress(total_steps, o.quiet)
+    with progress(f"loading {o.model}"):
+        loaded = loaded or load_model(o.model)
     cfg = loaded.decoder_config
     num_visual = loaded.num_visual
     baseline = solve_schedule(BASELINE, 1.0, cfg.num_layers, num_visual)
 
     # one prompt of exactly text_tokens text tokens + the image: the same inputs for every config
-    prompt = bench_prompt(loaded.processor, text_tokens)
+    prompt = bench_prompt(loaded.processor, o.text_tokens)
     image = synthetic_image(0, size=(336, 336))
     inputs = encode(loaded.processor, [prompt], [image], loaded.image_token_id, num_visual)
     seq_len = int(inputs.input_ids.shape[1])
     text = seq_len - num_visual
-    if text != text_tokens:
-        raise RerouteError(f"the bench prompt has {text} text tokens, not {text_tokens}")  # pragma: no cover
+    if text != o.text_tokens:
+        raise RerouteError(f"the bench prompt has {text} text tokens, not {o.text_tokens}")  # pragma: no cover
     v0 = inputs.visual_start
     from engines.torch_runner import TorchBackend
 
@@ -165,8 +155,8 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
     table = loaded.hf_model.get_input_embeddings().weight.detach().float().numpy()  # decode-step embeddings
     del ref
 
-    own_root = artifacts is None
-    root = Path(tempfile.mkdtemp(prefix="reroute-bench-")) if own_root else Path(artifacts)
+    own_root = o.artifacts is None
+    root = Path(tempfile.mkdtemp(prefix="reroute-bench-")) if own_root else Path(o.artifacts)
     root.mkdir(parents=True, exist_ok=True)
     load_before = _load_average()
     started = time.time()
@@ -191,10 +181,10 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
                         if _graph_signature(paths[s.method] / "decode.onnx") != base_sig:
                             raise RerouteError(f"the decode graph of {s.method} differs from the unrouted one; "
                                                "the shared decode session cannot stand in for it")
-            here = [b for b in backends if b != "torch" or torch_ratios is None
-                    or any(abs(ratio - r) < 1e-9 for r in torch_ratios)]
+            here = [b for b in backends if b != "torch" or o.torch_ratios is None
+                    or any(abs(ratio - r) < 1e-9 for r in o.torch_ratios)]
             group = _run_group(ratio, configs, here, loaded, paths, decode_ort, embeds, v0, seq_len, table,
-                               runs, warmup, decode_steps, progress, mem, pause_s, min_cpu_share)
+                               o, progress, mem)
             for s in configs:
                 th = theory(cfg, s, text)
                 for b in here:
@@ -206,7 +196,7 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
                                                    group, root, loaded if "torch" in here else None))
             group.clear()
             gc.collect()
-            if own_root or not keep_artifacts:  # routed artifacts of this group are no longer needed
+            if own_root or not o.keep_artifacts:  # routed artifacts of this group are no longer needed
                 for s in scheds:
                     if s.method in paths:
                         shutil.rmtree(paths[s.method], ignore_errors=True)
@@ -214,10 +204,10 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
             decode_ort.close()
         decode_ort = None
         fid = None
-        if fidelity:
-            with progress(f"fidelity: {fidelity_samples} samples x {fidelity_steps} greedy steps (torch)"):
-                fid = run_fidelity(loaded, routed_methods, [r for r, _ in groups], fidelity_samples,
-                                   fidelity_steps)
+        if o.fidelity:
+            with progress(f"fidelity: {o.fidelity_samples} samples x {o.fidelity_steps} greedy steps (torch)"):
+                fid = run_fidelity(loaded, routed_methods, [r for r, _ in groups], o.fidelity_samples,
+                                   o.fidelity_steps)
     finally:
         if own_root:
             shutil.rmtree(root, ignore_errors=True)
@@ -238,15 +228,15 @@ def run_bench(model: str = "llava-bench", methods=DEFAULT_METHODS, ratios=DEFAUL
         "prompt": {"text": prompt, "tokens": seq_len, "text_tokens": text, "visual_start": v0},
         "settings": {
             "methods": [BASELINE, *routed_methods], "ratios": [r for r, _ in groups],
-            "ratio_labels": [ratio_label(r) for r, _ in groups], "backends": backends, "runs": runs,
-            "warmup": warmup, "decode_steps": decode_steps, "text_tokens": text,
+            "ratio_labels": [ratio_label(r) for r, _ in groups], "backends": backends, "runs": o.runs,
+            "warmup": o.warmup, "decode_steps": o.decode_steps, "text_tokens": text,
             "interleaving": INTERLEAVING,
-            "contention_guard": f"a round in which any call got < {min_cpu_share} of the usable cores (process CPU "
+            "contention_guard": f"a round in which any call got < {o.min_cpu_share} of the usable cores (process CPU "
                                 "time / (wall x cores), less the share of CPU time the hypervisor stole during the "
                                 "round) is set aside and repeated (at most 2 x runs extra rounds)"
-                                if min_cpu_share > 0 else "off",
+                                if o.min_cpu_share > 0 else "off",
             "onnxruntime_threads": "default (intra_op_num_threads=0: one per physical core)",
-            "torch_ratios": None if torch_ratios is None else [float(r) for r in torch_ratios],
+            "torch_ratios": None if o.torch_ratios is None else [float(r) for r in o.torch_ratios],
             "profile_ratios": profile_ratios,
             "torch_threads": torch.get_num_threads(),
             "memory_method": MEMORY_METHOD,
