@@ -23,10 +23,11 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from engines.serving.triton_serve import serve
+    from engines.serving.triton_serve import ServeOptions, serve
 
-    return serve(args.artifact, host=args.host, port=args.port, backend=args.backend, max_batch=args.max_batch,
-                 model_name=args.model, threads=args.threads, plugins=not args.no_plugins)
+    return serve(args.artifact, ServeOptions(host=args.host, port=args.port, backend=args.backend,
+                                             max_batch=args.max_batch, model_name=args.model, threads=args.threads,
+                                             plugins=not args.no_plugins))
 
 
 def cmd_client(args) -> int:

@@ -35,6 +35,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -179,13 +180,29 @@ def _log_tail(path: Path, lines: int = 20) -> str:
     return "tritonserver log (last lines):\n" + "\n".join(tail)
 
 
-def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          backend: str = "onnxruntime", max_batch: int | None = None, model_name: str = MODEL_NAME,
-          threads: int | None = None, log=None, stop: threading.Event | None = None, plugins: bool = True) -> int:
+@dataclass
+class ServeOptions:
+    """What ``reroute serve`` fills from its flags. ``max_batch``: largest batch of requests run together
+    (None: the artifact's capacity); ``threads``: ONNX Runtime intra-op threads (None: its default);
+    ``plugins``: TensorRT with the plugin engines."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    backend: str = "onnxruntime"
+    max_batch: int | None = None
+    model_name: str = MODEL_NAME
+    threads: int | None = None
+    plugins: bool = True
+
+
+def serve(artifact_dir: str | os.PathLike, options: ServeOptions | None = None, log=None,
+          stop: threading.Event | None = None) -> int:
     """Serve an artifact until SIGINT / SIGTERM (or ``stop`` is set); returns 0 after a clean shutdown.
 
     Signal handlers are installed only when called from the main thread.
     """
+    options = options or ServeOptions()
+    host, port, backend, model_name = options.host, options.port, options.backend, options.model_name
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     check_port_free(host, port)
     if not is_loopback(host):
@@ -196,7 +213,7 @@ def serve(artifact_dir: str | os.PathLike, host: str = DEFAULT_HOST, port: int =
     except ImportError as exc:
         raise RerouteError(f"reroute serve needs PyTriton ({exc}); {INSTALL_HINT}") from None
 
-    pipeline = Pipeline(artifact_dir, backend, max_batch, threads, plugins)
+    pipeline = Pipeline(artifact_dir, backend, options.max_batch, options.threads, options.plugins)
     batcher = MicroBatcher(pipeline.run, pipeline.max_batch)
     stop = stop or threading.Event()
     previous = {}
