@@ -279,14 +279,8 @@ def test_cli_bench_json_out_and_errors(capsys, tmp_path):
 
 
 def test_report_renders_and_rewrites_the_readme_block(ort_report, tmp_path):
-    """scripts/bench_report.py renders BENCHMARKS.md and replaces only the README's marked block."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "bench_report.py"
-    spec = importlib.util.spec_from_file_location("bench_report", path)
-    report_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report_mod)
+    """The renderer scripts/bench_report.py runs writes BENCHMARKS.md and replaces only the README's block."""
+    from exporter.bench import markdown as report_mod
 
     text = report_mod.render(ort_report, tmp_path, 0.25)
     assert "## Targets at ratio 1/4" in text and (tmp_path / "img" / "latency_vs_ratio.png").is_file()
