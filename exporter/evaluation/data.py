@@ -90,6 +90,16 @@ def _data_file(path: Path) -> Path:
     return path
 
 
+def _refuse_json_document(file: Path, lines: list[str]) -> None:
+    """A JSON array, or one object spread over lines, parses as a whole: JSON, not JSONL."""
+    try:
+        whole = json.loads("\n".join(lines))
+    except json.JSONDecodeError:
+        return
+    if not isinstance(whole, dict) or sum(1 for line in lines if line.strip()) > 1:
+        raise RerouteError(f"{file} is not JSONL: it is one JSON {type(whole).__name__} (write one object per line)")
+
+
 def load_dataset(path: str | Path, limit: int | None = None) -> Dataset:
     """Items of ``path`` (a folder holding data.jsonl, or the file); ``limit`` keeps the first N good items."""
     file = _data_file(Path(path))
@@ -97,6 +107,7 @@ def load_dataset(path: str | Path, limit: int | None = None) -> Dataset:
         lines = file.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise RerouteError(f"{file} is not JSONL (not UTF-8 text)") from None
+    _refuse_json_document(file, lines)
     data = Dataset(file.parent, [])
     decoded = 0
     for number, line in enumerate(lines, 1):
