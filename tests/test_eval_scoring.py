@@ -157,3 +157,60 @@ def test_newcombe_paired_interval_properties():
     assert ind["ci"] == pytest.approx((-math.hypot(p - l1, u1 - p), math.hypot(u1 - p, p - l1)))
     # positive correlation narrows the interval compared with independence at the same margins
     assert (d["ci"][1] - d["ci"][0]) < (_paired(6, 15, 8, 15)["ci"][1] - _paired(6, 15, 8, 15)["ci"][0])
+
+
+def test_batches_share_a_prompt_length_in_a_fixed_order():
+    from exporter.evaluation.data import Item
+    from exporter.evaluation.runner import batches
+
+    items = [Item(i, None, "q", "a", "vqa") for i in range(1, 8)]
+    lengths = {1: 30, 2: 31, 3: 30, 4: 30, 5: 31, 6: 30, 7: 29}
+    groups = [[it.index for it in b] for b in batches(items, lengths, 3)]
+    assert groups == [[7], [1, 3, 4], [6], [2, 5]]
+
+
+def test_progress_live_line_and_plain_lines():
+    import io
+
+    from exporter.evaluation.progress import ItemProgress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    live, plain = Tty(), io.StringIO()
+    for stream in (live, plain):
+        progress = ItemProgress(2, 4, stream=stream)
+        progress.start("pdrop r=0.1111 torch")
+        progress.advance(2)
+        progress.finish()
+    assert "\r" in live.getvalue() and "[1/2] pdrop r=0.1111 torch: 2/4 items" in live.getvalue()
+    assert plain.getvalue().count("\n") == 1 and "\r" not in plain.getvalue()  # one line per config in a log
+    quiet = io.StringIO()
+    progress = ItemProgress(1, 1, quiet=True, stream=quiet)
+    progress.start("x"), progress.advance(1), progress.finish()
+    assert quiet.getvalue() == ""
+
+
+def test_markdown_report_and_plot(dataset_dir, tmp_path):
+    from exporter.evaluation.markdown import write_markdown
+
+    data = load_dataset(dataset_dir)
+    results = []
+    for method, ratio, flops_ratio, right in (("none", 1.0, 1.0, {1, 2, 3}), ("pdrop", 1 / 9, 0.09, {1}),
+                                              ("reroute", 1 / 9, 0.1, {1, 3}), ("reroute", 1 / 3, 0.3, {1, 2, 3})):
+        items = [ItemResult(it.index, it.kind, "x", it.index in right) for it in data.items]
+        results.append(ConfigResult(method, ratio, "torch", method, {"flops_ratio": flops_ratio, "kv_bytes": 2**20},
+                                    items))
+    report = build_report(data, results, {})
+    out = tmp_path / "out"
+    out.mkdir()
+    plot = write_markdown(report, str(out / "eval.md"))
+    text = (out / "eval.md").read_text()
+    assert plot.read_bytes()[:4] == b"\x89PNG" and "![accuracy against FLOPs](eval.png)" in text
+    assert "| reroute | 0.3333 | torch | 0.300x | 1.00 | 60.0% [" in text
+    assert "reroute - pdrop at r=0.1111 on torch (all): +20.0 pts" in text
+    assert "line 4: not valid JSON" in text and "gone.png" in text
+    assert sorted(p.name for p in out.iterdir()) == ["eval.md", "eval.png"]  # no temp files left
+    with pytest.raises(RerouteError, match="does not exist"):
+        write_markdown(report, str(tmp_path / "nope" / "eval.md"))
