@@ -7,6 +7,7 @@ import json
 from .bench_cli import _names, _ratios
 
 DEFAULT_METHODS = ["none", "fastv", "pdrop", "reroute-fastv", "reroute"]
+DEFAULT_RATIOS = [1 / 3, 2 / 9, 1 / 9]
 ARTIFACT_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
 
@@ -17,10 +18,13 @@ def _configs(args):
     if args.model:
         from graphs.schedule import METHODS
 
-        unknown = [m for m in args.methods if m not in METHODS]
+        methods = args.methods or DEFAULT_METHODS
+        unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise RerouteError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        return model_configs(args.model, args.methods, args.ratios)
+        return model_configs(args.model, methods, args.ratios or DEFAULT_RATIOS)
+    if args.methods or args.ratios:
+        raise RerouteError("--methods and --ratios apply to --model; an artifact runs its own method and ratio")
     backends = args.backend or ["onnxruntime"]
     unknown = [b for b in backends if b not in ARTIFACT_BACKENDS]
     if unknown:
@@ -65,9 +69,9 @@ def register(sub, parser_class) -> None:
     p.add_argument("--backend", type=_names, metavar="NAMES",
                    help="with --artifact: onnxruntime (default), tensorrt or torch; comma-separated for several")
     p.add_argument("--data", required=True, help="folder with data.jsonl (or the .jsonl file)")
-    p.add_argument("--methods", type=_names, default=DEFAULT_METHODS,
+    p.add_argument("--methods", type=_names,
                    help="with --model: comma-separated (default none,fastv,pdrop,reroute-fastv,reroute)")
-    p.add_argument("--ratios", type=_ratios, default=[1 / 3, 2 / 9, 1 / 9],
+    p.add_argument("--ratios", type=_ratios,
                    help="with --model: average visual ratios (default 1/3,2/9,1/9; none runs once at 1)")
     p.add_argument("--limit", type=int, help="only the first N usable items")
     p.add_argument("--batch-size", type=int, default=4,

@@ -89,6 +89,7 @@ def test_text_table(capsys, data_dir):
     (["--model", "llava-tiny", "--backend", "onnxruntime"], "--backend applies to --artifact"),
     (["--model", "llava-tiny", "--methods", "magic"], "unknown method"),
     (["--artifact", "/nonexistent"], "artifact folder not found"),
+    (["--artifact", "/nonexistent", "--ratios", "1/9"], "--methods and --ratios apply to --model"),
     (["--model", "llava-tiny", "--limit", "0"], "--limit must be >= 1"),
 ])
 def test_bad_arguments_one_line_exit_2(capsys, data_dir, argv, needle):

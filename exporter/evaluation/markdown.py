@@ -35,6 +35,11 @@ def plot_accuracy(report: dict, path: Path) -> None:
     for c in report["configs"]:
         series.setdefault((c["method"], c["backend"]), []).append(c)
     for (method, backend), configs in sorted(series.items()):
+        if method == "none":  # the unrouted model: a reference line (and its interval) across the routed range
+            acc = configs[0]["accuracy"]["all"]
+            ax.axhline(100 * acc["accuracy"], ls="--", color="grey", label=f"none ({backend}), unrouted")
+            ax.axhspan(100 * acc["ci"][0], 100 * acc["ci"][1], color="grey", alpha=0.12)
+            continue
         configs.sort(key=lambda c: c["flops_ratio"])
         xs = [c["flops_ratio"] for c in configs]
         ys = [100 * c["accuracy"]["all"]["accuracy"] for c in configs]
