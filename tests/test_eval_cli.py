@@ -47,8 +47,8 @@ def artifacts(tmp_path_factory):
     from exporter.onnx_export import export_artifact
 
     root = tmp_path_factory.mktemp("eval-artifacts")
-    return {m: str(export_artifact("llava-tiny", m, 1 / 9, str(root / m), "fp32", False, None, None, 4, None,
-                                   0, True)[0]) for m in ("pdrop", "reroute")}
+    return {m: str(export_artifact("llava-tiny", m, 1 / 9, str(root / m), dtype="fp32", parity_samples=0,
+                                   quiet=True)[0]) for m in ("pdrop", "reroute")}
 
 
 @pytest.mark.parametrize("method", ["pdrop", "reroute"])

@@ -82,8 +82,7 @@ def artifact(tmp_path_factory):
     from exporter.onnx_export import export_artifact
 
     out = tmp_path_factory.mktemp("lmms-art") / "pdrop"
-    return str(export_artifact("llava-tiny", "pdrop", 1 / 9, str(out), "fp32", False, None, None, 4, None, 0,
-                               True)[0])
+    return str(export_artifact("llava-tiny", "pdrop", 1 / 9, str(out), dtype="fp32", parity_samples=0, quiet=True)[0])
 
 
 def test_lmms_eval_runs_the_artifact_like_reroute_eval(local_task, artifact):
