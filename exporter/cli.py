@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_parity)
     from .serving_cli import register as _register_serving; _register_serving(sub, _Parser)
     from .bench_cli import register as _register_bench; _register_bench(sub, _Parser)
+    from .eval_cli import register as _register_eval; _register_eval(sub, _Parser)
     return parser
 
 

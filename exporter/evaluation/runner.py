@@ -1,0 +1,167 @@
+"""Run dataset items through backends: the PyTorch reference per method x ratio, or exported artifacts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from graphs.flops import flops, kv_bytes, tokens_per_layer
+from graphs.schedule import solve_schedule
+
+from ..errors import RerouteError
+from ..inputs import chat_prompt, encode, load_image
+from ..inspect_model import DTYPE_BYTES
+from .data import Dataset, Item
+from .progress import ItemProgress
+from .scoring import score_answer
+
+
+@dataclass
+class EvalConfig:
+    """One column of the results: a schedule on a backend, opened lazily by ``open``."""
+
+    label: str
+    backend_name: str
+    schedule: object  # graphs.schedule.Schedule
+    decoder: object  # graphs.config.DecoderConfig
+    kv_dtype: str
+    open: Callable[[], tuple]  # -> (backend, processor, image_token_id, num_visual, eos_token_id, artifact)
+    max_batch: int | None = None
+
+    def costs(self) -> dict:
+        """FLOPs ratio and KV bytes in the visual-token convention (text tokens not counted, as inspect)."""
+        unrouted = solve_schedule("none", 1.0, self.decoder.num_layers, self.schedule.num_visual)
+        report = flops(self.decoder, self.schedule)
+        nbytes = DTYPE_BYTES[self.kv_dtype]
+        return {"flops_ratio": report.routed / report.full, "tflops": report.routed / 1e12,
+                "kv_bytes": kv_bytes(self.decoder, tokens_per_layer(self.schedule), nbytes),
+                "kv_bytes_full": kv_bytes(self.decoder, tokens_per_layer(unrouted), nbytes),
+                "kv_dtype": self.kv_dtype}
+
+
+@dataclass
+class ItemResult:
+    index: int
+    kind: str
+    answer: str
+    correct: bool
+    unparseable: bool = False
+    iou: float | None = None
+
+
+@dataclass
+class ConfigResult:
+    method: str
+    ratio: float
+    backend: str
+    label: str
+    costs: dict
+    items: list[ItemResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def model_configs(model: str, methods: list[str], ratios: list[float]) -> list[EvalConfig]:
+    """Methods x ratios through the PyTorch reference of one loaded model (``none`` once, at ratio 1)."""
+    from engines.torch_runner import TorchBackend
+
+    from ..inspect_model import make_schedule
+    from ..models import load_model
+
+    loaded = load_model(model)
+    configs, seen = [], set()
+    for method in methods:
+        for ratio in ([1.0] if method == "none" else ratios):
+            schedule = make_schedule(loaded.config, method, ratio)
+            if (method, schedule.ratio) in seen:
+                continue
+            seen.add((method, schedule.ratio))
+
+            def open_torch(schedule=schedule):
+                return (TorchBackend(loaded, schedule), loaded.processor, loaded.image_token_id, loaded.num_visual,
+                        loaded.processor.tokenizer.eos_token_id, None)
+
+            configs.append(EvalConfig(f"{method} r={schedule.ratio:.4f} torch", "torch", schedule,
+                                      loaded.decoder_config, "float32", open_torch))
+    return configs
+
+
+def artifact_configs(paths: list[str], backends: list[str]) -> list[EvalConfig]:
+    """Each artifact's own method and ratio, on each backend."""
+    from ..artifact import open_artifact
+    from ..artifact_backends import artifact_backend
+
+    configs = []
+    for path in paths:
+        artifact = open_artifact(path)
+        schedule = artifact.schedule
+        for name in backends:
+            def open_artifact_backend(path=path, name=name):
+                processor, image_token_id, num_visual, backend, eos, art = artifact_backend(path, name)
+                return backend, processor, image_token_id, num_visual, eos, art
+
+            configs.append(EvalConfig(f"{schedule.method} r={schedule.ratio:.4f} {name} ({artifact.root.name})",
+                                      name, schedule, artifact.decoder_config, artifact.dtype,
+                                      open_artifact_backend, artifact.capacity["max_batch"]))
+    return configs
+
+
+def batches(items: list[Item], lengths: dict[int, int], size: int) -> Iterator[list[Item]]:
+    """Items grouped by prompt length (a batch must share it), in a fixed order, ``size`` at a time."""
+    ordered = sorted(items, key=lambda it: (lengths[it.index], it.index))
+    batch: list[Item] = []
+    for item in ordered:
+        if batch and (len(batch) == size or lengths[batch[0].index] != lengths[item.index]):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def run_config(config: EvalConfig, data: Dataset, batch_size: int, max_new_tokens: int,
+               progress: ItemProgress) -> ConfigResult:
+    from engines.generate import greedy_generate
+
+    backend, processor, image_token_id, num_visual, eos, artifact = config.open()
+    size = min(batch_size, config.max_batch or batch_size)
+    prompts = {it.index: chat_prompt(processor, it.question) for it in data.items}
+    lengths = {i: len(processor.tokenizer(p)["input_ids"]) for i, p in prompts.items()}
+    s = config.schedule
+    result = ConfigResult(s.method, s.ratio, config.backend_name, config.label, config.costs())
+    try:
+        for batch in batches(data.items, lengths, size):
+            texts = [prompts[it.index] for it in batch]
+            inputs = encode(processor, texts, [load_image(str(it.image)) for it in batch], image_token_id,
+                            num_visual)
+            if artifact is not None:
+                artifact.check_request(*inputs.input_ids.shape, max_new_tokens)
+            gen = greedy_generate(backend, inputs.input_ids, inputs.pixel_values, inputs.visual_start,
+                                  max_new_tokens, eos)
+            for item, tokens in zip(batch, gen.generated):
+                answer = processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                score = score_answer(item, answer)
+                result.items.append(ItemResult(item.index, item.kind, answer, score.correct, score.unparseable,
+                                               score.iou))
+            progress.advance(len(batch))
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
+    result.items.sort(key=lambda r: r.index)
+    result.seconds = progress.config_seconds()
+    return result
+
+
+def run_eval(configs: list[EvalConfig], data: Dataset, batch_size: int = 4, max_new_tokens: int = 32,
+             quiet: bool = False) -> list[ConfigResult]:
+    if not data.items:
+        raise RerouteError(f"no usable items in {data.root} "
+                           f"({len(data.malformed)} malformed lines, {len(data.missing_images)} missing images)")
+    if batch_size < 1:
+        raise RerouteError(f"--batch-size must be >= 1, got {batch_size}")
+    progress = ItemProgress(len(configs), len(data.items), quiet=quiet)
+    results = []
+    for config in configs:
+        progress.start(config.label)
+        results.append(run_config(config, data, batch_size, max_new_tokens, progress))
+        progress.finish()
+    return results
