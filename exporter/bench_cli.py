@@ -4,25 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from fractions import Fraction
 from pathlib import Path
 
-
-def _names(text: str) -> list[str]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-    return items
-
-
-def _ratios(text: str) -> list[float]:
-    try:
-        values = [float(Fraction(x.strip())) for x in text.split(",") if x.strip()]
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected ratios such as 1/3,2/9,0.25, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected ratios such as 1/3,2/9,0.25, got {text!r}")
-    return values
+from .arg_types import comma_list, ratio_list
 
 
 def cmd_bench(args) -> int:
@@ -51,11 +35,11 @@ def register(sub, parser_class) -> None:
 
     p = sub.add_parser("bench", help="latency, memory, KV bytes and FLOPs per method x ratio x backend")
     p.add_argument("--model", required=True, help="llava, a preset (llava-tiny, llava-bench), HF id or directory")
-    p.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS),
+    p.add_argument("--methods", type=comma_list, default=list(DEFAULT_METHODS),
                    help="comma-separated (default all); none is always measured as the baseline")
-    p.add_argument("--ratios", type=_ratios, default=[1 / 3, 2 / 9, 1 / 9, 0.25],
+    p.add_argument("--ratios", type=ratio_list, default=[1 / 3, 2 / 9, 1 / 9, 0.25],
                    help="comma-separated average visual ratios (default 1/3,2/9,1/9,0.25)")
-    p.add_argument("--backends", type=_names, default=list(BACKENDS), help="torch,onnxruntime (default both)")
+    p.add_argument("--backends", type=comma_list, default=list(BACKENDS), help="torch,onnxruntime (default both)")
     p.add_argument("--runs", type=int, default=3, help="timed runs per config (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per config (default 1)")
     p.add_argument("--min-cpu-share", type=float, default=0.9,
@@ -68,7 +52,7 @@ def register(sub, parser_class) -> None:
                    help="also compare routed to unrouted outputs (top-1, KL, greedy agreement)")
     p.add_argument("--fidelity-samples", type=int, default=4, help="images/prompts for --fidelity (default 4)")
     p.add_argument("--fidelity-steps", type=int, default=8, help="greedy steps compared by --fidelity (default 8)")
-    p.add_argument("--profile", type=_ratios, metavar="RATIOS",
+    p.add_argument("--profile", type=ratio_list, metavar="RATIOS",
                    help="also profile ONNX Runtime (per op / layer) at these ratios")
     p.add_argument("--artifacts", help="keep and reuse exported artifacts in this folder (default: temporary)")
     p.add_argument("--out", help="folder for bench_results.json")

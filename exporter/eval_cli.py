@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .bench_cli import _names, _ratios
+from .arg_types import comma_list, ratio_list
 
 DEFAULT_METHODS = ["none", "fastv", "pdrop", "reroute-fastv", "reroute"]
 DEFAULT_RATIOS = [1 / 3, 2 / 9, 1 / 9]
@@ -12,7 +12,7 @@ ARTIFACT_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
 
 def _configs(args):
-    from .errors import RerouteError
+    from engines.errors import RerouteError
     from .evaluation.runner import artifact_configs, model_configs
 
     if args.model:
@@ -33,7 +33,7 @@ def _configs(args):
 
 
 def cmd_eval(args) -> int:
-    from .errors import RerouteError
+    from engines.errors import RerouteError
     from .evaluation.data import load_dataset
     from .evaluation.report import build_report, format_text
     from .evaluation.runner import run_eval
@@ -66,12 +66,12 @@ def register(sub, parser_class) -> None:
     source.add_argument("--model", help="run --methods x --ratios through the PyTorch reference of this model")
     source.add_argument("--artifact", action="append", metavar="DIR",
                         help="exported folder, run with its own method and ratio (repeat for several)")
-    p.add_argument("--backend", type=_names, metavar="NAMES",
+    p.add_argument("--backend", type=comma_list, metavar="NAMES",
                    help="with --artifact: onnxruntime (default), tensorrt or torch; comma-separated for several")
     p.add_argument("--data", required=True, help="folder with data.jsonl (or the .jsonl file)")
-    p.add_argument("--methods", type=_names,
+    p.add_argument("--methods", type=comma_list,
                    help="with --model: comma-separated (default none,fastv,pdrop,reroute-fastv,reroute)")
-    p.add_argument("--ratios", type=_ratios,
+    p.add_argument("--ratios", type=ratio_list,
                    help="with --model: average visual ratios (default 1/3,2/9,1/9; none runs once at 1)")
     p.add_argument("--limit", type=int, help="only the first N usable items")
     p.add_argument("--batch-size", type=int, default=4,

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from exporter.errors import RerouteError
+from engines.errors import RerouteError
 from exporter.evaluation.data import load_dataset
 from exporter.evaluation.report import build_report, format_text
 from exporter.evaluation.runner import ConfigResult, ItemResult

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RerouteError
+from engines.errors import RerouteError
 
 KINDS = ("vqa", "grounding")
 DATA_FILE = "data.jsonl"

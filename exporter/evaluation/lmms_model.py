@@ -16,8 +16,8 @@ from lmms_eval.api.registry import register_model
 
 from engines.generate import greedy_generate
 
-from ..artifact_backends import artifact_backend
-from ..inputs import IMAGE_PLACEHOLDER, chat_prompt, encode
+from engines.backends import artifact_backend
+from engines.inputs import IMAGE_PLACEHOLDER, chat_prompt, encode
 
 
 def manifest():

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import RerouteError
+from engines.errors import RerouteError
 from .report import data_line, pair_lines, table_rows
 
 

@@ -8,8 +8,8 @@ from typing import Callable, Iterator
 from graphs.flops import flops, kv_bytes, tokens_per_layer
 from graphs.schedule import solve_schedule
 
-from ..errors import RerouteError
-from ..inputs import chat_prompt, encode, load_image
+from engines.errors import RerouteError
+from engines.inputs import chat_prompt, encode, load_image
 from ..inspect_model import DTYPE_BYTES
 from .data import Dataset, Item
 from .progress import ItemProgress
@@ -87,8 +87,8 @@ def model_configs(model: str, methods: list[str], ratios: list[float]) -> list[E
 
 def artifact_configs(paths: list[str], backends: list[str]) -> list[EvalConfig]:
     """Each artifact's own method and ratio, on each backend."""
-    from ..artifact import open_artifact
-    from ..artifact_backends import artifact_backend
+    from engines.artifact import open_artifact
+    from engines.backends import artifact_backend
 
     configs = []
     for path in paths:
