@@ -234,8 +234,8 @@ def check_onnx_file(path, plugins: bool = False) -> list[Problem]:
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, DecodeError, ValueError) as exc:
         raise RerouteError(f"cannot read {path} as an ONNX model: {type(exc).__name__}") from None
-    try:
-        onnx.checker.check_model(model)
+    try:  # by path, so external weights are looked for beside the file (they are checked, not loaded)
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         return [Problem(path.stem, "(model)", f"ONNX checker: {str(exc).strip().splitlines()[0]}")]
     return lint_model(to_plugin_form(model) if plugins else model, path.stem, shape_inputs=None)

@@ -168,13 +168,19 @@ def test_check_lints_a_bare_onnx_file(capsys, artifacts, form):
 
 
 def test_check_bare_file_names_problems_and_refuses_non_onnx(capsys, artifacts, tmp_path):
+    import shutil
+
     model = _prefill(artifacts)
     next(n for f in model.functions for n in f.node if n.op_type == "TopK").attribute[-1].i = 0
-    broken = tmp_path / "broken.onnx"
-    onnx.save(model, str(broken))
-    assert main(["check", str(broken)]) == 1
+    folder = tmp_path / "art"
+    shutil.copytree(artifacts["reroute"], folder)
+    onnx.save(model, str(folder / "broken.onnx"))  # beside the weights file it points at
+    assert main(["check", str(folder / "broken.onnx")]) == 1
     out, err = capsys.readouterr()
     assert "broken: node" in out and "sorted=0" in out and "problem(s)" in err
+    (folder / "decoder.onnx.data").unlink()
+    assert main(["check", str(folder / "broken.onnx")]) == 1
+    assert "ONNX checker" in capsys.readouterr().out
     invalid = helper.make_model(helper.make_graph(
         [helper.make_node("Add", ["a"], ["c"], name="one_input_add")], "g",
         [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2])],
