@@ -18,16 +18,47 @@ class PromptInputs:
     visual_start: int  # first visual token, the same for every sample
 
 
-def load_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+# Largest image accepted, in pixels (width x height): 50 MP, above any camera photo LLaVA would see (it resizes
+# to 336 px) and far below what a small compressed file can expand to (a 2.7 MB PNG can hold 30000 x 30000 =
+# 900 MP, 2.7 GB decoded). Checked from the header before decoding. PIL refuses above ~179 MP while opening and
+# warns above ~89 MP: both give our message instead (the warning is silenced, our limit is lower).
+MAX_IMAGE_PIXELS = 50_000_000
 
+
+class ImageError(RerouteError):
+    """An image that cannot be used: unreadable, truncated, or over MAX_IMAGE_PIXELS."""
+
+
+def decode_image(source, what: str):
+    """An RGB PIL image from a path or a binary file object; ImageError (one line) if it cannot be used.
+
+    ``what`` names the image in the message (a path, or "input 'image'").
+    """
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        with Image.open(source) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageError(_too_large(what, f"{img.width}x{img.height} pixels"))
+            return img.convert("RGB")  # decodes: a truncated file fails here
+    except Image.DecompressionBombError:
+        raise ImageError(_too_large(what, "its declared size")) from None
     except FileNotFoundError:
-        raise RerouteError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise RerouteError(f"cannot read image {path}: {type(exc).__name__}") from None
+        raise ImageError(f"image not found: {what}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's decoders raise all of these
+        detail = "truncated" if "truncated" in str(exc) else type(exc).__name__
+        raise ImageError(f"cannot read image {what}: {detail}") from None
+
+
+def _too_large(what: str, size: str) -> str:
+    return f"image {what} is too large ({size}; the limit is {MAX_IMAGE_PIXELS:,} pixels)"
+
+
+def load_image(path: str):
+    return decode_image(path, path)
 
 
 def check_prompt(prompt: str) -> None:

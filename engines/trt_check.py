@@ -63,7 +63,9 @@ def _node_label(node, index: int, scope: str) -> str:
 
 
 class _Linter:
-    def __init__(self, graph_name: str, model: onnx.ModelProto, shape_inputs: set[str]):
+    """``shape_inputs`` None: nothing declares them (a bare .onnx file), so that check is skipped."""
+
+    def __init__(self, graph_name: str, model: onnx.ModelProto, shape_inputs: set[str] | None):
         self.graph_name = graph_name
         self.model = model
         self.shape_inputs = shape_inputs
@@ -81,7 +83,8 @@ class _Linter:
         known = _constants(graph.node, graph.initializer)
         self._check_nodes(graph.node, known, scope="", attrs={})
         self._check_types()
-        self._check_shape_inputs()
+        if self.shape_inputs is not None:
+            self._check_shape_inputs()
         self._check_precision()
         return self.problems
 
@@ -207,7 +210,35 @@ def shape_inputs_of(model: onnx.ModelProto) -> list[str]:
 
 
 def lint_model(model: onnx.ModelProto, graph_name: str = "graph", shape_inputs=()) -> list[Problem]:
-    return _Linter(graph_name, model, set(shape_inputs)).run()
+    """``shape_inputs=None`` skips the shape-input check (nothing declares them)."""
+    return _Linter(graph_name, model, None if shape_inputs is None else set(shape_inputs)).run()
+
+
+BARE_FILE_NOTE = ("note: a bare .onnx file declares no shape inputs (an artifact's manifest does), so the "
+                  "shape-input check and the manifest's file checks are skipped")
+
+
+def check_onnx_file(path, plugins: bool = False) -> list[Problem]:
+    """Lint one ONNX file, as ``polygraphy check lint`` takes any graph: the ONNX checker, then the TensorRT
+    checks that need no artifact (see BARE_FILE_NOTE). External weights are not read."""
+    from pathlib import Path
+
+    from google.protobuf.message import DecodeError
+
+    from .errors import RerouteError
+
+    from .plugin_graph import to_plugin_form
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError, ValueError) as exc:
+        raise RerouteError(f"cannot read {path} as an ONNX model: {type(exc).__name__}") from None
+    try:  # by path, so external weights are looked for beside the file (they are checked, not loaded)
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        return [Problem(path.stem, "(model)", f"ONNX checker: {str(exc).strip().splitlines()[0]}")]
+    return lint_model(to_plugin_form(model) if plugins else model, path.stem, shape_inputs=None)
 
 
 def check_artifact(path, plugins: bool = False) -> list[Problem]:

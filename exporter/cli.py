@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from fractions import Fraction
 
@@ -119,17 +120,23 @@ def cmd_parity(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from engines.trt_check import check_artifact
+    from engines.trt_check import BARE_FILE_NOTE, check_artifact, check_onnx_file
 
     from engines.errors import CheckFailure
 
-    problems = check_artifact(args.artifact, plugins=args.plugins)
+    bare_file = os.path.isfile(args.artifact)  # any .onnx graph, linted as polygraphy would
+    if bare_file:
+        print(BARE_FILE_NOTE)
+        problems = check_onnx_file(args.artifact, plugins=args.plugins)
+    else:
+        problems = check_artifact(args.artifact, plugins=args.plugins)
     for problem in problems:
         print(problem)
     form = "plugin form" if args.plugins else "exported form"
     if problems:
         raise CheckFailure(f"{len(problems)} problem(s) TensorRT would reject in {args.artifact} ({form})")
-    print(f"ok: every graph of {args.artifact} ({form}) passes the TensorRT checks")
+    what = args.artifact if bare_file else f"every graph of {args.artifact}"
+    print(f"ok: {what} ({form}) passes the TensorRT checks")
     return 0
 
 
@@ -186,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check", help="static lint of what TensorRT would reject")
-    p.add_argument("artifact")
+    p.add_argument("artifact", help="an artifact folder, or any .onnx file (linted alone)")
     p.add_argument("--target", default="tensorrt", choices=["tensorrt"])
     p.add_argument("--plugins", action="store_true", help="lint the plugin form (pool ops as TensorRT plugins)")
     p.set_defaults(func=cmd_check)

@@ -179,6 +179,21 @@ def default_out(model: str, method: str, ratio: float) -> Path:
     return Path("artifacts") / f"{slug}-{method}-r{ratio:.4g}"
 
 
+def _make_parent(target: Path) -> None:
+    """--out's folder, created if missing; one line (exit 2) if it cannot be, e.g. under a file or read-only."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RerouteError(f"cannot create {target.parent} for --out: {exc.strerror or exc}") from None
+
+
+def _make_temp_beside(target: Path) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise RerouteError(f"cannot write in {target.parent} for --out: {exc.strerror or exc}") from None
+
+
 def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, out: str | None = None,
                     dtype: str = "fp32", force: bool = False, layers=None, keep_ratios=None, max_batch: int = 4,
                     max_sequence: int | None = None, parity_samples: int = 2, quiet: bool = False,
@@ -193,8 +208,7 @@ def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, ou
     target = Path(out) if out else default_out(model, method, ratio)
     if target.exists() and not force:
         raise RerouteError(f"{target} already exists; pass --force to replace it")
-    if not target.parent.exists():
-        target.parent.mkdir(parents=True)
+    _make_parent(target)
     progress = Progress(4 + len(GRAPHS) + (parity_samples > 0), quiet)
     with progress(f"loading {model}"):
         loaded = loaded or load_model(model)
@@ -203,7 +217,7 @@ def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, ou
         max_sequence = max_sequence or min(2048, limit)
         if not (loaded.num_visual + 2 <= max_sequence <= limit):
             raise RerouteError(f"--max-sequence must be in [{loaded.num_visual + 2}, {limit}], got {max_sequence}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = _make_temp_beside(target)
     try:
         with progress("tracing example inputs"):
             modules = build_graph_modules(loaded, schedule, DTYPES[dtype])

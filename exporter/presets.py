@@ -54,8 +54,12 @@ def llava_config(text: dict, vision: dict, image_token_id: int, pad_token_id: in
     )
 
 
-def build_tokenizer(vocab_size: int):
-    """An offline byte-fallback BPE tokenizer in Llama's style (``<s>`` prefix, ``▁`` for spaces)."""
+def build_tokenizer(vocab_size: int, image_token_id: int | None = None):
+    """An offline byte-fallback BPE tokenizer in Llama's style (``<s>`` prefix, ``▁`` for spaces).
+
+    ``image_token_id`` places ``<image>`` (and ``<pad>`` right after it) at a fixed id, as LLaVA-1.5 has
+    them after Llama's 32000 tokens; by default they follow the byte and character tokens.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -64,10 +68,10 @@ def build_tokenizer(vocab_size: int):
         vocab[f"<0x{byte:02X}>"] = len(vocab)
     for ch in string.printable[:95]:
         vocab.setdefault("▁" if ch == " " else ch, len(vocab))
+    _fill_unused(vocab, image_token_id or len(vocab))
     for special in ("<image>", "<pad>"):
         vocab[special] = len(vocab)
-    while len(vocab) < vocab_size:  # unused ids so the vocabulary matches the model's lm_head
-        vocab[f"<extra_{len(vocab)}>"] = len(vocab)
+    _fill_unused(vocab, vocab_size)
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     core.normalizer = normalizers.Replace(" ", "▁")
     core.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
@@ -80,7 +84,14 @@ def build_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def build_processor(vocab_size: int):
+def _fill_unused(vocab: dict, size: int) -> None:
+    """Unused ids up to ``size``, so special tokens land where the model expects and the vocabulary matches
+    the model's lm_head."""
+    while len(vocab) < size:
+        vocab[f"<extra_{len(vocab)}>"] = len(vocab)
+
+
+def build_processor(vocab_size: int, image_token_id: int | None = None):
     from transformers import CLIPImageProcessorPil, LlavaProcessor
 
     image_processor = CLIPImageProcessorPil(
@@ -88,7 +99,7 @@ def build_processor(vocab_size: int):
         do_center_crop=True, do_resize=True, do_normalize=True,
     )
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=build_tokenizer(vocab_size), patch_size=14,
+        image_processor=image_processor, tokenizer=build_tokenizer(vocab_size, image_token_id), patch_size=14,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )

@@ -59,6 +59,25 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x[:, :, None].expand(b, kvh, groups, n, hd).reshape(b, kvh * groups, n, hd)
 
 
+def attend(q, k, v, causal: bool, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale [+ causal mask]) v, the softmax in fp32 and everything else in q's dtype.
+
+    Written out rather than through F.scaled_dot_product_attention: the TorchScript ONNX exporter's
+    symbolic for it builds its scale and causal mask from fp32 constants, which promotes an fp16
+    graph's attention output, and with it the whole residual stream, to fp32 (and a pool scatter
+    then mixes fp16 and fp32 when the first decision is at layer 0).
+    q: [B, H, n, hd]; k, v: [B, H, s, hd] with s = n (prefill) or past + n (decode).
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, n, s]
+    scores = scores.float()
+    if causal:  # prefill: s == n, token i sees keys 0..i
+        n = q.shape[2]
+        pos = torch.arange(n, device=q.device)
+        scores = scores.masked_fill(pos[None, :] > pos[:, None], float("-inf"))  # [n, n] broadcast
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    return torch.matmul(probs, v)  # [B, H, n, hd]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
@@ -96,9 +115,8 @@ class Attention(nn.Module):
         groups = self.cfg.kv_groups
         # Prefill: plain causal mask in compact order (order == original position order).
         # Decode: one new token sees every cached entry, so no mask at all.
-        out = F.scaled_dot_product_attention(
-            q, repeat_kv(k, groups), repeat_kv(v, groups), is_causal=past is None
-        )  # [B, H, n, hd]
+        out = attend(q, repeat_kv(k, groups), repeat_kv(v, groups), causal=past is None,
+                     scale=self.cfg.head_dim**-0.5)  # [B, H, n, hd]
         b, _, n, _ = out.shape
         out = out.transpose(1, 2).reshape(b, n, -1)  # [B, n, H * hd]
         return self.o_proj(out), (k, v)

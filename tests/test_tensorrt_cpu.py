@@ -156,3 +156,39 @@ def test_default_profiles_follow_the_manifest(artifacts):
     assert parse_shapes("a:1x2,b.c:3") == {"a": (1, 2), "b.c": (3,)}
     with pytest.raises(RerouteError):
         parse_shapes("a:1y2")
+
+
+@pytest.mark.parametrize("form", [[], ["--plugins"]])
+def test_check_lints_a_bare_onnx_file(capsys, artifacts, form):
+    """Any graph, as `polygraphy check lint` takes it; the artifact-only checks are skipped with a note."""
+    path = open_artifact(artifacts["reroute"]).graph_path("prefill")
+    assert main(["check", str(path), "--target", "tensorrt", *form]) == 0
+    out = capsys.readouterr().out
+    assert "note: a bare .onnx file" in out and "skipped" in out and f"ok: {path}" in out
+
+
+def test_check_bare_file_names_problems_and_refuses_non_onnx(capsys, artifacts, tmp_path):
+    import shutil
+
+    model = _prefill(artifacts)
+    next(n for f in model.functions for n in f.node if n.op_type == "TopK").attribute[-1].i = 0
+    folder = tmp_path / "art"
+    shutil.copytree(artifacts["reroute"], folder)
+    onnx.save(model, str(folder / "broken.onnx"))  # beside the weights file it points at
+    assert main(["check", str(folder / "broken.onnx")]) == 1
+    out, err = capsys.readouterr()
+    assert "broken: node" in out and "sorted=0" in out and "problem(s)" in err
+    (folder / "decoder.onnx.data").unlink()
+    assert main(["check", str(folder / "broken.onnx")]) == 1
+    assert "ONNX checker" in capsys.readouterr().out
+    invalid = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["a"], ["c"], name="one_input_add")], "g",
+        [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [2])]), opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(invalid, str(tmp_path / "invalid.onnx"))
+    assert main(["check", str(tmp_path / "invalid.onnx")]) == 1
+    assert "ONNX checker" in capsys.readouterr().out
+    (tmp_path / "text.onnx").write_text("not a protobuf")
+    assert main(["check", str(tmp_path / "text.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and len(err.strip().splitlines()) == 1

@@ -35,6 +35,7 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 from engines.errors import RerouteError  # noqa: E402
 from exporter.cli import main  # noqa: E402
 from exporter.samples import synthetic_image  # noqa: E402
+from tests.test_reliability import png_header, truncated_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "USER: <image>\nWhat is it? ASSISTANT:"
@@ -357,14 +358,17 @@ def test_pipeline_model_matches_generate(artifact, images, reference, tmp_path, 
                            pb.Tensor("image", np.array([image], dtype=np.object_)),
                            pb.Tensor("max_new_tokens", np.array([steps], dtype=np.int32))])
 
-    good, bad_image, bad_prompt = model.execute([request(), request(image=b"not an image"),
-                                                 request(prompt=b"no placeholder")])
+    good, bad_image, bad_prompt, bomb, truncated = model.execute([
+        request(), request(image=b"not an image"), request(prompt=b"no placeholder"),
+        request(image=png_header(30000, 30000)), request(image=truncated_png())])
     want = reference(images[1])
     assert not good.has_error()
     assert pb.get_output_tensor_by_name(good, "token_ids").as_numpy().tolist() == want["generated_token_ids"]
     assert pb.get_output_tensor_by_name(good, "text").as_numpy()[0].decode() == want["text"]
     assert "input 'image' is not a readable image" in bad_image.error().message()
     assert "exactly one <image>" in bad_prompt.error().message()
+    assert "input 'image' is too large" in bomb.error().message()
+    assert "input 'image' is not a readable image" in truncated.error().message()
     assert pb.calls[:3] == ["reroute_vision", "reroute_embed", "reroute_prefill"]
     assert pb.calls.count("reroute_decode") == len(want["generated_token_ids"]) - 1
 
@@ -539,7 +543,9 @@ MALFORMED = {
                     "data-type is 'FP32'"),
     "wrong shape": (dict(overrides={"prompt": (np.array([b"<image>", b"<image>"], dtype=np.object_), "BYTES")}),
                     "unexpected shape for input 'prompt'"),
-    "not an image": (dict(image=b"GIF89a but not really an image"), "input 'image' is not a readable image"),
+    "not an image": (dict(image=b"GIF89a but not really an image"), "cannot read image input 'image'"),
+    "decompression bomb": (dict(image=png_header(30000, 30000)), "input 'image' is too large"),
+    "truncated image": (dict(image=truncated_png()), "input 'image': truncated"),
     "beyond capacity": (dict(prompt=b"USER: <image>\n" + b"many words " * 1200 + b"ASSISTANT:"),
                         "exceeds the exported capacity of 2048 tokens"),
     "max_new_tokens 0": (dict(max_new_tokens=0), "input 'max_new_tokens' must be in [1, 4096], got 0"),

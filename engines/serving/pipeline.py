@@ -25,7 +25,7 @@ import numpy as np
 
 from ..backends import open_backend
 from ..errors import RerouteError
-from ..inputs import IMAGE_PLACEHOLDER, visual_span_start
+from ..inputs import IMAGE_PLACEHOLDER, ImageError, decode_image, visual_span_start
 
 MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
 SERVE_BACKENDS = ("onnxruntime", "tensorrt")
@@ -92,8 +92,6 @@ class Pipeline:
 
     def prepare(self, prompt: bytes, image: bytes, max_new_tokens: int) -> Job:
         """Check one request and turn it into model inputs; BadRequest names the problem."""
-        from PIL import Image
-
         try:
             text = prompt.decode("utf-8")
         except UnicodeDecodeError:
@@ -110,10 +108,9 @@ class Pipeline:
             raise BadRequest(f"input 'prompt' is far beyond the exported capacity of "
                              f"{self.capacity['max_sequence']} tokens ({len(text)} characters)")
         try:
-            with Image.open(io.BytesIO(image)) as img:
-                picture = img.convert("RGB")
-        except Exception as exc:  # PIL raises several types for undecodable data
-            raise BadRequest(f"input 'image' is not a readable image ({type(exc).__name__})") from None
+            picture = decode_image(io.BytesIO(image), "input 'image'")
+        except ImageError as exc:  # unreadable, truncated or over the pixel limit: this request only
+            raise BadRequest(str(exc)) from None
         with self._prep_lock:
             batch = self.processor(images=[picture], text=[text], return_tensors="np")
         input_ids = np.asarray(batch["input_ids"], dtype=np.int64)

@@ -26,6 +26,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 IMAGE_PLACEHOLDER = "<image>"
+# Same pixel limit as exporter/inputs.py (this file runs inside Triton, where exporter is not importable).
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 class BadRequest(ValueError):
@@ -98,8 +100,16 @@ class TritonPythonModel:
             raise BadRequest("input 'image' must be the non-empty bytes of an encoded image")
         try:
             with Image.open(io.BytesIO(data)) as img:
+                # Checked from the header, before decoding: a small file can declare gigapixels.
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise BadRequest(f"input 'image' is too large ({img.width}x{img.height} pixels; the limit is "
+                                     f"{MAX_IMAGE_PIXELS:,} pixels)")
                 picture = img.convert("RGB")
-        except Exception as exc:
+        except Image.DecompressionBombError:
+            raise BadRequest(f"input 'image' is too large (the limit is {MAX_IMAGE_PIXELS:,} pixels)") from None
+        except BadRequest:
+            raise
+        except Exception as exc:  # PIL raises several types for undecodable or truncated data
             raise BadRequest(f"input 'image' is not a readable image ({type(exc).__name__})") from None
         max_new = int(self._input(request, "max_new_tokens"))
         limit = self.cfg["max_new_tokens_limit"]
