@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
 import numpy as np
 
 from .errors import RerouteError
+from .families.base import PromptInputs
+
+__all__ = ["IMAGE_PLACEHOLDER", "PromptInputs", "chat_prompt", "check_prompt", "encode", "load_image",
+           "visual_span_start"]
 
 IMAGE_PLACEHOLDER = "<image>"
-
-
-@dataclass
-class PromptInputs:
-    input_ids: np.ndarray  # [B, T] int64
-    pixel_values: np.ndarray  # [B, 3, H, W] float32
-    visual_start: int  # first visual token, the same for every sample
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
 
 
 def load_image(path: str):
     from PIL import Image, UnidentifiedImageError
 
+    if os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES:
+        raise RerouteError(f"videos are not supported, give one still image: {path}")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
@@ -39,10 +39,10 @@ def check_prompt(prompt: str) -> None:
         )
 
 
-def chat_prompt(processor, question: str) -> str:
-    """Wrap a plain question in the model's chat template (LLaVA-1.5's USER/ASSISTANT form)."""
-    if IMAGE_PLACEHOLDER in question:
-        raise RerouteError(f"with --chat, give a plain question without {IMAGE_PLACEHOLDER}")
+def chat_prompt(processor, question: str, placeholder: str = IMAGE_PLACEHOLDER) -> str:
+    """Wrap a plain question in the model's chat template (LLaVA-1.5's USER/ASSISTANT form by default)."""
+    if placeholder in question or IMAGE_PLACEHOLDER in question:
+        raise RerouteError(f"with --chat, give a plain question without {placeholder}")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     if getattr(processor, "chat_template", None):
         return processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -77,4 +77,4 @@ def encode(processor, prompts: list[str], images: list, image_token_id: int, num
         raise RerouteError("prompts of a batch must tokenize to the same length")
     input_ids = np.asarray(batch["input_ids"], dtype=np.int64)
     start = visual_span_start(input_ids, image_token_id, num_visual)
-    return PromptInputs(input_ids, np.asarray(batch["pixel_values"], dtype=np.float32), start)
+    return PromptInputs(input_ids, np.asarray(batch["pixel_values"], dtype=np.float32), start, num_visual)

@@ -11,7 +11,7 @@ Keep ratios are capped at 1 (a stage cannot keep more tokens than exist), so
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 ROUTE = "compact_route"
@@ -96,6 +96,20 @@ class Schedule:
         if self.action == ROUTE or stage == 0:
             return self.num_visual
         return self.k[stage - 1]
+
+    def for_num_visual(self, num_visual: int) -> "Schedule":
+        """The same schedule for an image with ``num_visual`` tokens (dynamic resolution, SPEC section 9).
+
+        Keep ratios are fractions of this image's own N_v: ``k_s = max(1, floor(N_v * r_s))``, and for
+        deletion never more than the previous stage's survivors.
+        """
+        if num_visual < 1:
+            raise ScheduleError(f"an image needs at least one visual token, got {num_visual}")
+        k: list[int] = []
+        for r in self.keep_ratios:
+            ks = max(1, _capacity(num_visual, r))
+            k.append(min(ks, k[-1]) if self.action == DELETE and k else ks)
+        return replace(self, num_visual=num_visual, k=tuple(k))
 
     def to_dict(self) -> dict:
         return {
