@@ -84,15 +84,15 @@ class Qwen2_5_VLFamily(Family):
         for prompt in prompts:
             check_prompt(prompt)
         batch = processor(images=images, text=prompts, return_tensors="np")
-        if len({len(ids) for ids in batch["input_ids"]}) != 1:
-            raise RerouteError("prompts of a batch must tokenize to the same length")
-        input_ids = np.asarray(batch["input_ids"], dtype=np.int64)
         grid = np.asarray(batch["image_grid_thw"], dtype=np.int64)  # [B, 3]
         counts = sorted({int(np.prod(g)) // _merge(config) ** 2 for g in grid})
         if len(counts) != 1:
             raise RerouteError(f"all images of a batch must give the same number of visual tokens, got {counts}; "
                                f"resize them to one size or send them separately")
         num_visual = counts[0]
+        if len({len(ids) for ids in batch["input_ids"]}) != 1:
+            raise RerouteError("prompts of a batch must tokenize to the same length")
+        input_ids = np.asarray(batch["input_ids"], dtype=np.int64)
         start = visual_span_start(input_ids, config, num_visual)
         positions, delta = rope_index(config, input_ids, np.asarray(batch["mm_token_type_ids"]), grid)
         return PromptInputs(input_ids, np.asarray(batch["pixel_values"], dtype=np.float32), start, num_visual,
