@@ -1,4 +1,4 @@
-"""The routed LLaVA language model: prefill with per-stage routing, decode over compact caches.
+"""The routed language model (Llama / Qwen2 decoder): prefill with per-stage routing, decode over compact caches.
 
 Export-friendly form (SPEC section 3, "stagewise"): one gather per stage and
 one scatter back at the next decision layer; capacities are static per stage,
@@ -46,7 +46,7 @@ class RoutedDecoder(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_model, cfg: DecoderConfig, schedule: Schedule) -> "RoutedDecoder":
-        """Share (not copy) the parameters of a transformers ``LlavaForConditionalGeneration``."""
+        """Share (not copy) the parameters of a transformers VLM (``hf_model.model.language_model`` + ``lm_head``)."""
         lm = hf_model.model.language_model
         with torch.device("meta"):
             model = cls(cfg, schedule)
@@ -117,7 +117,7 @@ class RoutedDecoder(nn.Module):
         return PrefillOutput(logits, cache, selections)
 
     def decode_step(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache):
-        """One greedy step. inputs_embeds: [B, 1, d]; positions: [B, 1] (or [3, B, 1] with M-RoPE) of the new token."""
+        """One greedy step. inputs_embeds: [B, 1, d]; positions of the new token: [B, 1], or [3, B, 1] (M-RoPE)."""
         x = inputs_embeds
         cos, sin = self.rotary(positions, x.dtype)
         new_cache: KVCache = []

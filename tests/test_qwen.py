@@ -153,6 +153,7 @@ def _slice(inputs, b):
 
     patches = inputs.pixel_values.shape[0] // inputs.input_ids.shape[0]
     return dataclasses.replace(
-        inputs, input_ids=inputs.input_ids[b : b + 1], pixel_values=inputs.pixel_values[b * patches : (b + 1) * patches],
+        inputs, input_ids=inputs.input_ids[b : b + 1],
+        pixel_values=inputs.pixel_values[b * patches : (b + 1) * patches],
         image_grid_thw=inputs.image_grid_thw[b : b + 1], position_ids=inputs.position_ids[:, b : b + 1],
         rope_delta=inputs.rope_delta[b : b + 1])
