@@ -25,11 +25,24 @@ def greedy_generate(
     visual_start: int,
     max_new_tokens: int,
     eos_token_id: int | None = None,
+    *,
+    image_grid_thw: np.ndarray | None = None,
+    position_ids: np.ndarray | None = None,
+    rope_delta: np.ndarray | None = None,
 ) -> Generation:
-    """Prefill once (routing decided there), then decode one token at a time over the compact caches."""
+    """Prefill once (routing decided there), then decode one token at a time over the compact caches.
+
+    M-RoPE families (Qwen2.5-VL) also pass ``image_grid_thw`` [B, 3], the prompt's ``position_ids``
+    [3, B, T] and ``rope_delta`` [B]; their N_v is the vision output's length, per batch.
+    """
     b, t = input_ids.shape
-    features = backend.vision(pixel_values)
-    pre = backend.prefill(backend.embed(input_ids, features), visual_start)
+    if image_grid_thw is None:
+        features = backend.vision(pixel_values)
+        pre = backend.prefill(backend.embed(input_ids, features), visual_start)
+    else:
+        features = backend.vision(pixel_values, image_grid_thw)  # [B, N_v, d]
+        pre = backend.prefill(backend.embed(input_ids, features), visual_start, position_ids,
+                              num_visual=features.shape[1])
     no_image = np.zeros((b, 0, features.shape[-1]), dtype=features.dtype)  # decode tokens are text only
     lengths = backend.cache_lengths(pre.cache)
     tokens = np.argmax(pre.logits, axis=-1)  # [B]
@@ -39,13 +52,33 @@ def greedy_generate(
         if done.all():
             break
         embeds = backend.embed(tokens[:, None].astype(np.int64), no_image)  # [B, 1, d]
-        positions = np.full((b, 1), t + step - 1, dtype=np.int64)
+        positions = decode_positions(t, step - 1, b, rope_delta)
         logits, cache = backend.decode(embeds, positions, cache)
         tokens = np.argmax(logits, axis=-1)
         steps.append(tokens)
         if eos_token_id is not None:
             done |= tokens == eos_token_id
     return Generation(input_ids, _truncate(np.stack(steps, 1), eos_token_id), pre.logits, pre.selections, lengths)
+
+
+def generate_inputs(backend: GraphBackend, inputs, max_new_tokens: int, eos_token_id: int | None = None):
+    """:func:`greedy_generate` on an ``exporter.families.PromptInputs``."""
+    return greedy_generate(backend, inputs.input_ids, inputs.pixel_values, inputs.visual_start, max_new_tokens,
+                           eos_token_id, image_grid_thw=inputs.image_grid_thw, position_ids=inputs.position_ids,
+                           rope_delta=inputs.rope_delta)
+
+
+def decode_positions(prompt_length: int, step: int, batch: int, rope_delta=None) -> np.ndarray:
+    """Position ids of decode step ``step`` (0-based): ``L + step``, [B, 1].
+
+    With M-RoPE, ``+ rope_delta`` ([B], (max prompt position + 1) - L) on all three rows, [3, B, 1]:
+    exactly the unrouted model's decode positions (SPEC section 9).
+    """
+    base = np.full((batch, 1), prompt_length + step, dtype=np.int64)  # [B, 1]
+    if rope_delta is None:
+        return base
+    shifted = base + np.asarray(rope_delta, dtype=np.int64).reshape(batch, 1)  # [B, 1]
+    return np.ascontiguousarray(np.broadcast_to(shifted[None], (3, batch, 1)))  # [3, B, 1]
 
 
 def _truncate(ids: np.ndarray, eos: int | None) -> list[list[int]]:

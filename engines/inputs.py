@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import RerouteError
 
+__all__ = ["IMAGE_PLACEHOLDER", "PromptInputs", "chat_prompt", "check_prompt", "encode", "load_image",
+           "visual_span_start"]
+
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
 
 
 @dataclass
 class PromptInputs:
     input_ids: np.ndarray  # [B, T] int64
-    pixel_values: np.ndarray  # [B, 3, H, W] float32
+    pixel_values: np.ndarray  # LLaVA: [B, 3, H, W]; Qwen2.5-VL: [B * patches, 3 * 2 * 14 * 14] (flattened)
     visual_start: int  # first visual token, the same for every sample
+    num_visual: int = 0  # N_v of this batch's images (equal for every sample)
+    image_grid_thw: np.ndarray | None = None  # [B, 3] patch grid per image (dynamic-resolution families)
+    position_ids: np.ndarray | None = None  # [3, B, T] M-RoPE position ids of the prompt
+    rope_delta: np.ndarray | None = None  # [B] (max prompt position + 1) - T: decode positions' offset
 
 
 # Largest image accepted, in pixels (width x height): 50 MP, above any camera photo LLaVA would see (it resizes
@@ -58,6 +67,8 @@ def _too_large(what: str, size: str) -> str:
 
 
 def load_image(path: str):
+    if os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES:
+        raise RerouteError(f"videos are not supported, give one still image: {path}")
     return decode_image(path, path)
 
 
@@ -70,10 +81,10 @@ def check_prompt(prompt: str) -> None:
         )
 
 
-def chat_prompt(processor, question: str) -> str:
-    """Wrap a plain question in the model's chat template (LLaVA-1.5's USER/ASSISTANT form)."""
-    if IMAGE_PLACEHOLDER in question:
-        raise RerouteError(f"with --chat, give a plain question without {IMAGE_PLACEHOLDER}")
+def chat_prompt(processor, question: str, placeholder: str = IMAGE_PLACEHOLDER) -> str:
+    """Wrap a plain question in the model's chat template (LLaVA-1.5's USER/ASSISTANT form by default)."""
+    if placeholder in question or IMAGE_PLACEHOLDER in question:
+        raise RerouteError(f"with --chat, give a plain question without {placeholder}")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     if getattr(processor, "chat_template", None):
         return processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -108,4 +119,4 @@ def encode(processor, prompts: list[str], images: list, image_token_id: int, num
         raise RerouteError("prompts of a batch must tokenize to the same length")
     input_ids = np.asarray(batch["input_ids"], dtype=np.int64)
     start = visual_span_start(input_ids, image_token_id, num_visual)
-    return PromptInputs(input_ids, np.asarray(batch["pixel_values"], dtype=np.float32), start)
+    return PromptInputs(input_ids, np.asarray(batch["pixel_values"], dtype=np.float32), start, num_visual)

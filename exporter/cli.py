@@ -51,9 +51,11 @@ def _schedule_args(p: argparse.ArgumentParser) -> None:
 def cmd_inspect(args) -> int:
     from .inspect_model import format_report, inspect_report
 
+    # a dynamic-resolution model takes N_v from --image alone; otherwise --image belongs to --routing-map
+    sizes_only = bool(args.image) and not args.routing_map and not args.prompt and _dynamic(args.model)
     report = inspect_report(args.model, args.method, args.ratio, args.layers, args.keep_ratios,
-                            args.text_tokens, args.kv_dtype)
-    if args.routing_map or args.image or args.prompt:
+                            args.text_tokens, args.kv_dtype, args.visual_tokens, args.image if sizes_only else None)
+    if (args.routing_map or args.image or args.prompt) and not sizes_only:
         from .routing_map import format_summary, routing_map_for_cli
 
         report["routing_map"] = routing_map_for_cli(args)
@@ -63,9 +65,17 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _dynamic(model: str) -> bool:
+    from .models import load_config
+    from .registry import family_of
+
+    return family_of(load_config(model)).dynamic_visual_tokens
+
+
 def cmd_generate(args) -> int:
     from .generation import run_generate, save_logits, torch_backend
 
+    loaded = None
     if args.backend != "torch":
         from engines.backends import artifact_backend
 
@@ -80,7 +90,8 @@ def cmd_generate(args) -> int:
         eos, artifact = processor.tokenizer.eos_token_id, None
     try:
         result, gen = run_generate(backend, processor, image_token_id, num_visual, args.image, args.prompt,
-                                   args.chat, args.max_new_tokens, None if args.ignore_eos else eos, artifact)
+                                   args.chat, args.max_new_tokens, None if args.ignore_eos else eos, artifact,
+                                   loaded=loaded)
     finally:
         if hasattr(backend, "close"):
             backend.close()
@@ -154,15 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("inspect", help="schedule, FLOPs and KV bytes of a routed model")
-    p.add_argument("--model", required=True, help="llava, a preset (llava-tiny, llava-bench), HF id or directory")
+    p.add_argument("--model", required=True,
+                   help="llava, qwen2.5-vl, a preset (llava-tiny, llava-bench, qwen2.5-vl-tiny, qwen2.5-vl-bench), "
+                        "HF id or directory")
     _schedule_args(p)
     p.add_argument("--text-tokens", type=int, default=0,
                    help="count this many text tokens too (default 0: the visual-token convention)")
     p.add_argument("--kv-dtype", choices=["float32", "float16", "bfloat16"], help="KV dtype (default: model's)")
+    p.add_argument("--visual-tokens", type=int, metavar="N",
+                   help="visual tokens of the image (dynamic-resolution models; default: the most one image gives)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--routing-map", metavar="OUT.png",
                    help="draw active/deferred/re-entered patches per decision layer")
-    p.add_argument("--image", help="image for --routing-map")
+    p.add_argument("--image", help="image for --routing-map (qwen2.5-vl alone: its N_v sets the schedule)")
     p.add_argument("--prompt", help="prompt for --routing-map (one <image>)")
     p.set_defaults(func=cmd_inspect)
 

@@ -8,7 +8,7 @@ import tempfile
 import numpy as np
 
 from engines.errors import RerouteError
-from engines.generate import Generation, greedy_generate
+from engines.generate import Generation, generate_inputs
 from engines.inputs import chat_prompt, encode, load_image
 
 from .inspect_model import make_schedule
@@ -33,15 +33,20 @@ def check_max_new_tokens(n: int) -> None:
 
 def run_generate(backend, loaded_processor, image_token_id: int, num_visual: int, image: str, prompt: str,
                  chat: bool, max_new_tokens: int, eos_token_id: int | None,
-                 artifact=None) -> tuple[dict, Generation]:
+                 artifact=None, loaded=None) -> tuple[dict, Generation]:
+    """``loaded`` (an exporter.models.LoadedModel): encode through its family (prompt checks, dynamic N_v,
+    M-RoPE positions); without it, LLaVA's fixed-N_v encoding with the given ids."""
     check_max_new_tokens(max_new_tokens)
     picture = load_image(image)
-    text = chat_prompt(loaded_processor, prompt) if chat else prompt
-    inputs = encode(loaded_processor, [text], [picture], image_token_id, num_visual)
+    if loaded is not None:
+        text = chat_prompt(loaded_processor, prompt, loaded.family.placeholder) if chat else prompt
+        inputs = loaded.encode([text], [picture])
+    else:
+        text = chat_prompt(loaded_processor, prompt) if chat else prompt
+        inputs = encode(loaded_processor, [text], [picture], image_token_id, num_visual)
     if artifact is not None:
         artifact.check_request(*inputs.input_ids.shape, max_new_tokens)
-    gen = greedy_generate(backend, inputs.input_ids, inputs.pixel_values, inputs.visual_start, max_new_tokens,
-                          eos_token_id)
+    gen = generate_inputs(backend, inputs, max_new_tokens, eos_token_id)
     tokens = gen.generated[0]
     result = {
         "backend": backend.name,

@@ -7,18 +7,44 @@ from graphs.flops import flops, kv_bytes, tokens_per_layer
 from graphs.schedule import Schedule, ScheduleError, solve_schedule
 
 from .models import load_config
-from .registry import decoder_config, num_visual_tokens
+from .registry import decoder_config, family_of, num_visual_tokens
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
-def make_schedule(config, method: str, ratio: float, layers=None, keep_ratios=None) -> Schedule:
-    """Solve the schedule for a model config, turning schedule errors into user-facing ones."""
+def make_schedule(config, method: str, ratio: float, layers=None, keep_ratios=None,
+                  num_visual: int | None = None) -> Schedule:
+    """Solve the schedule for a model config, turning schedule errors into user-facing ones.
+
+    ``num_visual``: an image's N_v (dynamic-resolution families); default the family's N_v (its capacity).
+    """
     try:
-        return solve_schedule(method, ratio, decoder_config(config).num_layers, num_visual_tokens(config),
-                              layers, keep_ratios)
+        schedule = solve_schedule(method, ratio, decoder_config(config).num_layers, num_visual_tokens(config),
+                                  layers, keep_ratios, at_least_one=family_of(config).dynamic_visual_tokens)
+        return schedule if num_visual is None else schedule.for_num_visual(num_visual)
     except ScheduleError as exc:
         raise RerouteError(str(exc)) from None
+
+
+def visual_tokens_of(config, visual_tokens: int | None = None, image: str | None = None) -> int | None:
+    """N_v for ``inspect``: given (``--visual-tokens``), from an image's size (``--image``), or None (default)."""
+    family = family_of(config)
+    if image is not None:
+        if not family.dynamic_visual_tokens:
+            return None  # fixed N_v: the image does not change it
+        from engines.inputs import load_image
+
+        picture = load_image(image)
+        return family.visual_tokens_for_size(config, *picture.size)
+    if visual_tokens is None:
+        return None
+    fixed = num_visual_tokens(config)
+    if not family.dynamic_visual_tokens and visual_tokens != fixed:
+        raise RerouteError(f"{family.model_type} gives every image {fixed} visual tokens; "
+                           f"--visual-tokens {visual_tokens} does not apply")
+    if not (1 <= visual_tokens <= fixed):
+        raise RerouteError(f"--visual-tokens must be in [1, {fixed}] (the most one image gives), got {visual_tokens}")
+    return visual_tokens
 
 
 def _dtype_name(config) -> str:
@@ -27,10 +53,10 @@ def _dtype_name(config) -> str:
 
 
 def inspect_report(model: str, method: str, ratio: float, layers=None, keep_ratios=None, text_tokens: int = 0,
-                   kv_dtype: str | None = None) -> dict:
+                   kv_dtype: str | None = None, visual_tokens: int | None = None, image: str | None = None) -> dict:
     config = load_config(model)
     cfg = decoder_config(config)
-    schedule = make_schedule(config, method, ratio, layers, keep_ratios)
+    schedule = make_schedule(config, method, ratio, layers, keep_ratios, visual_tokens_of(config, visual_tokens, image))
     unrouted = solve_schedule("none", 1.0, cfg.num_layers, schedule.num_visual)
     dtype = kv_dtype or _dtype_name(config)
     if dtype not in DTYPE_BYTES:

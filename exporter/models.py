@@ -1,4 +1,4 @@
-"""Resolve ``--model``: the built-in LLaVA-1.5-7B config, presets, HF ids and save_pretrained directories."""
+"""Resolve ``--model``: built-in configs (llava, qwen2.5-vl), presets, HF ids and save_pretrained directories."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 from engines.errors import RerouteError
 from graphs.config import DecoderConfig, UnsupportedModelError
 
-from .presets import PRESETS, build_preset, llava_15_7b_config, preset_config
-from .registry import decoder_config, family_of, num_visual_tokens
+from .families import Family, PromptInputs, all_aliases, all_presets, family_of, family_of_alias, family_of_preset
 
-ALIASES = {"llava": "llava-hf/llava-1.5-7b-hf"}
+ALIASES = all_aliases()
+PRESETS = all_presets()
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -23,20 +23,29 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 class LoadedModel:
     spec: str  # what the user passed
     source: str  # preset:NAME, a directory, or a hub id
-    hf_model: object  # transformers LlavaForConditionalGeneration, eval mode
-    processor: object  # LlavaProcessor
+    hf_model: object  # transformers *ForConditionalGeneration of a registered family, eval mode
+    processor: object  # its processor (Qwen2.5-VL: images only)
 
     @property
     def config(self):
         return self.hf_model.config
 
     @property
+    def family(self) -> Family:
+        return family_of(self.config)
+
+    @property
     def decoder_config(self) -> DecoderConfig:
-        return decoder_config(self.config)
+        return self.family.decoder_config(self.config)
 
     @property
     def num_visual(self) -> int:
-        return num_visual_tokens(self.config)
+        """Visual tokens per image; for dynamic-resolution families the most one image can give."""
+        return self.family.num_visual_tokens(self.config, self.processor)
+
+    def encode(self, prompts: list[str], images: list) -> PromptInputs:
+        """Tokenize prompts (one image each) and preprocess images, with the family's checks."""
+        return self.family.encode(self.processor, self.config, prompts, images)
 
     @property
     def image_token_id(self) -> int:
@@ -44,7 +53,7 @@ class LoadedModel:
 
 
 def _known() -> str:
-    return ", ".join(["llava", *PRESETS])
+    return ", ".join([*ALIASES, *PRESETS])
 
 
 def _kind(spec: str) -> str:
@@ -64,9 +73,9 @@ def load_config(spec: str):
     kind = _kind(spec)
     try:
         if kind == "preset":
-            config = preset_config(spec)
+            config = family_of_preset(spec).preset_config(spec)
         elif kind == "alias":
-            config = llava_15_7b_config()
+            config = family_of_alias(spec).builtin_config(spec)
         else:
             from transformers import AutoConfig
 
@@ -83,32 +92,22 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load weights and processor. Presets are built from seeded random weights in seconds."""
     kind = _kind(spec)
     if kind == "preset":
-        model, processor = build_preset(spec)
+        model, processor = family_of_preset(spec).build_preset(spec)
         return LoadedModel(spec, f"preset:{spec}", model.to(dtype), processor)
     source = ALIASES.get(spec, spec)
     try:
-        family_of(load_config(spec))
-        model, processor = _from_pretrained(source, local_only=kind in ("dir", "alias"), dtype=dtype)
+        family = family_of(load_config(spec))
+        model, processor = family.from_pretrained(source, local_only=kind in ("dir", "alias"), dtype=dtype)
     except RerouteError:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
         if kind == "alias":
             raise RerouteError(
-                f"LLaVA-1.5-7B weights ({source}) are not in the local HF cache and the hub is unreachable; "
-                f"use --model llava-tiny, or a local directory written by save_pretrained"
+                f"{spec} weights ({source}) are not in the local HF cache and the hub is unreachable; "
+                f"use --model {family.tiny_preset}, or a local directory written by save_pretrained"
             ) from None
         raise RerouteError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
     return LoadedModel(spec, source if kind != "dir" else str(Path(spec).resolve()), model, processor)
-
-
-def _from_pretrained(source: str, local_only: bool, dtype: torch.dtype):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    model = LlavaForConditionalGeneration.from_pretrained(
-        source, local_files_only=local_only, trust_remote_code=False, dtype=dtype
-    )
-    processor = AutoProcessor.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
-    return model.eval(), processor
 
 
 def _first_line(exc: BaseException) -> str:

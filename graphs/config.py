@@ -1,4 +1,4 @@
-"""One config dataclass for the routed Llama-family decoder."""
+"""One config dataclass for the routed Llama-family decoder (Llama, Qwen2)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ class DecoderConfig:
     rope_theta: float = 10000.0
     attention_bias: bool = False
     mlp_bias: bool = False
+    qkv_bias: bool = False  # Qwen2: biases on q/k/v only (o_proj has none)
+    mrope_section: tuple[int, ...] = ()  # M-RoPE channel split (Qwen2.5-VL); empty: 1-D RoPE
+
+    @property
+    def mrope(self) -> bool:
+        return bool(self.mrope_section)
 
     @property
     def kv_groups(self) -> int:

@@ -1,8 +1,8 @@
 """Llama decoder building blocks with explicit positions (gpt-fast style).
 
-Positions are passed per token (``[B, n]``) because routed sequences keep
-their ORIGINAL position ids: RoPE positions have gaps where tokens were
-deferred or deleted, and they differ per sample.
+Positions are passed per token (``[B, n]``, or ``[3, B, n]`` with M-RoPE)
+because routed sequences keep their ORIGINAL position ids: RoPE positions have
+gaps where tokens were deferred or deleted, and they differ per sample.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import DecoderConfig
+from .mrope import mrope_angles
 
 
 class RMSNorm(nn.Module):
@@ -34,9 +35,14 @@ class Rotary(nn.Module):
         super().__init__()
         exponent = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim
         self.register_buffer("inv_freq", 1.0 / (cfg.rope_theta**exponent), persistent=False)
+        self.mrope_section = tuple(cfg.mrope_section)
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions[..., None].float() * self.inv_freq  # [B, n, hd/2]
+        """positions [B, n] (1-D RoPE) or [3, B, n] (M-RoPE) -> cos, sin [B, n, hd]."""
+        if positions.dim() == 3:
+            freqs = mrope_angles(positions, self.inv_freq, self.mrope_section)  # [B, n, hd/2]
+        else:
+            freqs = positions[..., None].float() * self.inv_freq  # [B, n, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [B, n, hd]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -83,9 +89,10 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         d, hd = cfg.hidden_size, cfg.head_dim
-        self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=cfg.attention_bias)
+        qkv_bias = cfg.attention_bias or cfg.qkv_bias
+        self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=cfg.attention_bias)
 
     def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:

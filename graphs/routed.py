@@ -1,4 +1,4 @@
-"""The routed LLaVA language model: prefill with per-stage routing, decode over compact caches.
+"""The routed language model (Llama / Qwen2 decoder): prefill with per-stage routing, decode over compact caches.
 
 Export-friendly form (SPEC section 3, "stagewise"): one gather per stage and
 one scatter back at the next decision layer; capacities are static per stage,
@@ -15,6 +15,7 @@ from torch import nn
 
 from .config import DecoderConfig
 from .layers import DecoderLayer, RMSNorm, Rotary
+from .mrope import gather_positions
 from .pool import pool_gather, pool_scatter, pool_select
 from .schedule import DELETE, ROUTE, Schedule
 
@@ -45,7 +46,7 @@ class RoutedDecoder(nn.Module):
 
     @classmethod
     def from_hf(cls, hf_model, cfg: DecoderConfig, schedule: Schedule) -> "RoutedDecoder":
-        """Share (not copy) the parameters of a transformers ``LlavaForConditionalGeneration``."""
+        """Share (not copy) the parameters of a transformers VLM (``hf_model.model.language_model`` + ``lm_head``)."""
         lm = hf_model.model.language_model
         with torch.device("meta"):
             model = cls(cfg, schedule)
@@ -53,17 +54,17 @@ class RoutedDecoder(nn.Module):
         model.rotary = Rotary(cfg)  # the buffer was created on meta
         return model.to(dtype=hf_model.lm_head.weight.dtype).eval()
 
-    def _score_and_gather(self, layer: DecoderLayer, full, full_pos, v0, stage: int):
+    def _score_and_gather(self, sch: Schedule, layer: DecoderLayer, full, full_pos, v0, stage: int):
         """Score the pool at a decision layer, pick k_s, gather the compact sequence.
 
         Scoring needs input_layernorm and k_proj over every token; the kept tokens' rows of both are
         gathered with the sequence and handed to the layer, which would otherwise recompute them.
         """
-        sch, attn = self.schedule, layer.self_attn
+        attn = layer.self_attn
         candidates = sch.candidates(stage)
         h = layer.input_layernorm(full)  # [B, n, d]
         k_lin = attn.k_proj(h)  # [B, n, KVH * hd], before RoPE
-        cos, sin = self.rotary(full_pos, h.dtype)  # ORIGINAL positions
+        cos, sin = self.rotary(full_pos, h.dtype)  # ORIGINAL positions (1-D or M-RoPE)
         q_last = attn.query(h[:, -1:], cos[:, -1:], sin[:, -1:])[:, :, 0]  # [B, H, hd]
         keys = attn.rope_key(k_lin, cos, sin)  # [B, KVH, n, hd]
         selected = pool_select(
@@ -73,15 +74,23 @@ class RoutedDecoder(nn.Module):
         def gather(t):  # [B, n, C] -> [B, n - P + k_s, C]
             return pool_gather(t, selected, v0, num_candidates=candidates)
 
-        x_pos = gather(full_pos[..., None])[..., 0]  # [B, n - P + k_s]
+        x_pos = gather_positions(gather, full_pos)  # [B, n - P + k_s] or [3, B, n - P + k_s]
         return selected, gather(full), x_pos, gather(h), gather(k_lin)
 
-    def prefill(self, inputs_embeds: torch.Tensor, visual_start) -> PrefillOutput:
-        """inputs_embeds: [B, T, d] with the visual span at [visual_start, visual_start + N_v)."""
-        sch = self.schedule
+    def prefill(self, inputs_embeds: torch.Tensor, visual_start, positions: torch.Tensor | None = None,
+                schedule: Schedule | None = None) -> PrefillOutput:
+        """inputs_embeds: [B, T, d] with the visual span at [visual_start, visual_start + N_v).
+
+        positions: the prompt's position ids, [B, T] or [3, B, T] (M-RoPE); default 0..T-1.
+        schedule: this batch's schedule when N_v differs from the one built in (same layers, k_s per N_v).
+        """
+        sch = self.schedule if schedule is None else schedule
+        if sch.layers != self.schedule.layers:
+            raise ValueError(f"schedule layers {sch.layers} differ from the model's {self.schedule.layers}")
         b, t, _ = inputs_embeds.shape
         x = inputs_embeds
-        x_pos = torch.arange(t, device=x.device).expand(b, t)  # [B, T]
+        # [B, T], or [3, B, T] with M-RoPE
+        x_pos = torch.arange(t, device=x.device).expand(b, t) if positions is None else positions
         full = full_pos = selected = normed = k_lin = None
         selections: list[torch.Tensor] = []
         cache: KVCache = []
@@ -93,8 +102,8 @@ class RoutedDecoder(nn.Module):
                     full = pool_scatter(full, x, selected, visual_start, num_candidates=sch.num_visual)
                 else:  # first decision, or deletion: the current sequence is the new candidate set
                     full, full_pos = x, x_pos
-                selected, x, x_pos, normed, k_lin = self._score_and_gather(layer, full, full_pos, visual_start,
-                                                                           stage)
+                selected, x, x_pos, normed, k_lin = self._score_and_gather(sch, layer, full, full_pos,
+                                                                           visual_start, stage)
                 if sch.action == DELETE and stage > 0:
                     # survivors are indexed within the previous survivors: map back to original indices
                     selections.append(torch.gather(selections[-1], 1, selected))
@@ -108,7 +117,7 @@ class RoutedDecoder(nn.Module):
         return PrefillOutput(logits, cache, selections)
 
     def decode_step(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache):
-        """One greedy step. inputs_embeds: [B, 1, d]; positions: [B, 1] original position of the new token."""
+        """One greedy step. inputs_embeds: [B, 1, d]; positions of the new token: [B, 1], or [3, B, 1] (M-RoPE)."""
         x = inputs_embeds
         cos, sin = self.rotary(positions, x.dtype)
         new_cache: KVCache = []

@@ -11,7 +11,7 @@ Keep ratios are capped at 1 (a stage cannot keep more tokens than exist), so
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 ROUTE = "compact_route"
@@ -97,6 +97,17 @@ class Schedule:
             return self.num_visual
         return self.k[stage - 1]
 
+    def for_num_visual(self, num_visual: int) -> "Schedule":
+        """The same schedule for an image with ``num_visual`` tokens (dynamic resolution, SPEC section 9).
+
+        Keep ratios are fractions of this image's own N_v: ``k_s = max(1, floor(N_v * r_s))``, and for
+        deletion never more than the previous stage's survivors.
+        """
+        if num_visual < 1:
+            raise ScheduleError(f"an image needs at least one visual token, got {num_visual}")
+        return replace(self, num_visual=num_visual, k=_per_image_capacities(num_visual, self.keep_ratios,
+                                                                            self.action))
+
     def to_dict(self) -> dict:
         return {
             "method": self.method,
@@ -169,6 +180,15 @@ def _capacity(num_visual: int, r: float) -> int:
     return int(math.floor(num_visual * r + 1e-9))
 
 
+def _per_image_capacities(num_visual: int, ratios: Sequence[float], action: str | None) -> tuple[int, ...]:
+    """``max(1, floor(N_v * r_s))``; deletion never keeps more than the previous stage's survivors."""
+    k: list[int] = []
+    for r in ratios:
+        ks = max(1, _capacity(num_visual, r))
+        k.append(min(ks, k[-1]) if action == DELETE and k else ks)
+    return tuple(k)
+
+
 def _check_ratio(ratio: float) -> None:
     if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 < ratio <= 1.0):
         raise ScheduleError(f"--ratio must be in (0, 1], got {ratio}")
@@ -181,13 +201,18 @@ def solve_schedule(
     num_visual: int,
     layers: Sequence[int] | None = None,
     keep_ratios: Sequence[float] | None = None,
+    at_least_one: bool = False,
 ) -> Schedule:
-    """Schedule for ``method`` at average visual ratio ``ratio`` (or an explicit one)."""
+    """Schedule for ``method`` at average visual ratio ``ratio`` (or an explicit one).
+
+    ``at_least_one``: dynamic-resolution models (SPEC section 9) keep ``max(1, floor(N_v * r_s))`` tokens
+    per stage instead of refusing a stage that would keep less than one token (SPEC section 5).
+    """
     if method not in METHODS:
         raise ScheduleError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     spec = METHODS[method]
     if layers is not None or keep_ratios is not None:
-        return _explicit_schedule(method, spec, num_layers, num_visual, layers, keep_ratios)
+        return _explicit_schedule(method, spec, num_layers, num_visual, layers, keep_ratios, at_least_one)
     _check_ratio(ratio)
     if spec.action is None:
         return Schedule(method, None, 1.0, num_layers, num_visual)
@@ -200,8 +225,11 @@ def solve_schedule(
         )
     value = _solve_value(spec, mapped, ratio, num_layers)
     ratios = tuple(min(r, 1.0) for r in spec.stage_ratios(value))
-    k = tuple(_capacity(num_visual, r) for r in ratios)
-    _check_capacities(method, ratio, ratios, k)
+    if at_least_one:
+        k = _per_image_capacities(num_visual, ratios, spec.action)
+    else:
+        k = tuple(_capacity(num_visual, r) for r in ratios)
+        _check_capacities(method, ratio, ratios, k)
     return Schedule(method, spec.action, float(ratio), num_layers, num_visual, mapped, ratios, k, value)
 
 
@@ -214,7 +242,7 @@ def _check_capacities(method: str, ratio: float, ratios: Sequence[float], k: Seq
             )
 
 
-def _explicit_schedule(method, spec, num_layers, num_visual, layers, keep_ratios) -> Schedule:
+def _explicit_schedule(method, spec, num_layers, num_visual, layers, keep_ratios, at_least_one) -> Schedule:
     if spec.action is None:
         raise ScheduleError("method 'none' takes no --layers/--keep-ratios")
     if layers is None or keep_ratios is None:
@@ -227,8 +255,13 @@ def _explicit_schedule(method, spec, num_layers, num_visual, layers, keep_ratios
     if any(not (0.0 < r <= 1.0) for r in ratios):
         raise ScheduleError(f"--keep-ratios must lie in (0, 1], got {list(ratios)}")
     k = tuple(_capacity(num_visual, r) for r in ratios)
-    if spec.action == DELETE and any(b > a for a, b in zip(k, k[1:])):
+    # per image N_v the capacities are recomputed, so a dynamic model's ratios themselves must not increase
+    growing = ratios if at_least_one else k
+    if spec.action == DELETE and any(b > a for a, b in zip(growing, growing[1:])):
         raise ScheduleError("deletion keeps survivors only: keep ratios must not increase")
-    _check_capacities(method, float("nan"), ratios, k)
+    if at_least_one:
+        k = _per_image_capacities(num_visual, ratios, spec.action)
+    else:
+        _check_capacities(method, float("nan"), ratios, k)
     avg = _average(layers, ratios, num_layers)
     return Schedule(method, spec.action, avg, num_layers, num_visual, layers, ratios, k, None, True)

@@ -1,8 +1,9 @@
 """A plain, obviously-correct routed LLaVA decoder for tests.
 
 Every token keeps a full-length state; each layer has an explicit active mask.
-Attention is full attention over the active tokens with a causal mask on
-ORIGINAL positions. Deferred or deleted tokens pass through unchanged. Selection is
+Attention is full attention over the active tokens with a causal mask in
+ORIGINAL sequence order; RoPE uses the tokens' ORIGINAL position ids (1-D here,
+3-D M-RoPE in reference_qwen.py). Deferred or deleted tokens pass through unchanged. Selection is
 a per-token Python sort on (-score, index). Nothing here is shared with
 graphs/: it reads the transformers model's weights and does the maths itself.
 """
@@ -53,17 +54,20 @@ class ReferenceLlava:
         q = a.q_proj(h).view(n, self.heads, self.hd).transpose(0, 1)
         k = a.k_proj(h).view(n, self.kv_heads, self.hd).transpose(0, 1)
         v = a.v_proj(h).view(n, self.kv_heads, self.hd).transpose(0, 1)
-        return rope(q, positions, self.theta), rope(k, positions, self.theta), v
+        return self._rope(q, positions), self._rope(k, positions), v
+
+    def _rope(self, x, positions):
+        return rope(x, positions, self.theta)
 
     def _layer(self, layer, x, active, positions):
         """Run one decoder layer on the active tokens of x [T, d]; inactive rows pass through."""
         idx = torch.nonzero(active)[:, 0]  # the tokens this layer processes
-        xa, pa = x[idx], positions[idx]
+        xa, pa = x[idx], positions[..., idx]  # positions [T] or [3, T]: gathered explicitly
         h = rmsnorm(xa, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
         q, k, v = self._qkv(layer, h, pa)
         group = self.heads // self.kv_heads
         k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
-        allowed = pa[None, :] <= pa[:, None]  # causal by ORIGINAL position
+        allowed = idx[None, :] <= idx[:, None]  # causal in ORIGINAL sequence order
         logits = q @ k.transpose(-1, -2) / math.sqrt(self.hd)
         probs = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1)
         attn = (probs @ v).transpose(0, 1).reshape(len(idx), -1)
@@ -84,12 +88,13 @@ class ReferenceLlava:
         return torch.softmax(logits.float(), -1).mean(0)  # [T]
 
     @torch.no_grad()
-    def forward(self, x, schedule, v0, plan=None):
+    def forward(self, x, schedule, v0, plan=None, positions=None):
         """One sample. x: [T, d]. Without ``plan`` routing is decided here (prefill) and returned;
         with ``plan`` (per-layer active masks from a prefill) the decisions are replayed and any
-        extra tokens beyond the plan's length are text (decode steps)."""
+        extra tokens beyond the plan's length are text (decode steps). positions: [T] or [3, T]
+        position ids (default 0..T-1)."""
         t = x.shape[0]
-        positions = torch.arange(t)
+        positions = torch.arange(t) if positions is None else positions
         visual = torch.zeros(t, dtype=torch.bool)
         visual[v0 : v0 + schedule.num_visual] = True
         stage_at = {d: s for s, d in enumerate(schedule.layers)}
@@ -119,9 +124,11 @@ class ReferenceLlava:
         return logits, new_plan, selections
 
     @torch.no_grad()
-    def generate(self, embeds, schedule, v0, steps):
-        """Greedy tokens for one sample, recomputing the full sequence each step with routing fixed."""
-        logits, plan, selections = self.forward(embeds, schedule, v0)
+    def generate(self, embeds, schedule, v0, steps, positions=None):
+        """Greedy tokens for one sample, recomputing the full sequence each step with routing fixed.
+        Each generated token's position is the largest position so far + 1, on every row."""
+        positions = torch.arange(embeds.shape[0]) if positions is None else positions
+        logits, plan, selections = self.forward(embeds, schedule, v0, positions=positions)
         first_logits = logits
         tokens = []
         x = embeds
@@ -129,5 +136,7 @@ class ReferenceLlava:
             tok = int(torch.argmax(logits))
             tokens.append(tok)
             x = torch.cat([x, self.hf.get_input_embeddings()(torch.tensor([tok]))], 0)
-            logits, _, _ = self.forward(x, schedule, v0, plan)
+            nxt = positions.max() + 1
+            positions = torch.cat([positions, torch.full_like(positions[..., :1], int(nxt))], -1)
+            logits, _, _ = self.forward(x, schedule, v0, plan, positions)
         return first_logits, selections, tokens

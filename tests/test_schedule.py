@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from exporter.inspect_model import inspect_report
-from exporter.presets import PRESETS
-from exporter.registry import FAMILIES
+from exporter.models import PRESETS
+from exporter.registry import FAMILIES, family_of
 from graphs.schedule import ScheduleError, solve_schedule
 
 # SPEC section 5's table: ratio -> (fastv r, pdrop l, reroute-fastv r, reroute a)
@@ -92,7 +92,11 @@ def test_pdrop_lambda_half_matches_published_flops():
 
 
 def test_every_family_has_a_tiny_preset():
+    from exporter.models import load_config
+
     for name, family in FAMILIES.items():
-        assert family.tiny_preset in PRESETS, f"family {name} has no tiny test model"
+        assert family.tiny_preset in PRESETS and family.tiny_preset in family.presets, \
+            f"family {name} has no tiny test model"
+        assert family_of(load_config(family.tiny_preset)) is family
         assert "float32" in family.tolerances and "float16" in family.tolerances
         assert family.tolerances["float32"]["routing_overlap"] == 1.0 and family.tolerances["float32"]["token_match"] == 1.0
