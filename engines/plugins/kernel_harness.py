@@ -27,9 +27,11 @@ class HarnessError(RuntimeError):
 
 
 def harness_command(nvcc: str, arch: str, out: Path) -> list[str]:
-    """nvcc line for the harness library. -cudart static: the .so loads without libcudart on the path."""
+    """nvcc line for the harness library. -cudart static: the .so loads without libcudart on the path.
+    No -Werror here (tests/test_plugin_kernels.py lints the kernels): a newer toolkit's new warning on
+    the GPU machine must not stop the kernels from running."""
     return [nvcc, "-std=c++17", "-O3", f"-arch={arch}", "-shared", "-Xcompiler", "-fPIC", "-cudart", "static",
-            "-Werror", "all-warnings", "-o", str(out), str(HARNESS_SOURCE), str(KERNEL_SOURCE)]
+            "-o", str(out), str(HARNESS_SOURCE), str(KERNEL_SOURCE)]
 
 
 def build_harness(out_dir, arch: str = "sm_90") -> Path:
