@@ -41,12 +41,13 @@ def parameter_count(cfg: DecoderConfig) -> int:
 
 
 def memory_estimate(cfg: DecoderConfig, batch: int = 1, dtype_bytes: int = 2) -> dict:
-    """Bytes on the GPU for one shape: shared weights, the unrouted KV cache (the largest) and a margin
-    for activations (the MLP's [B, T, I] intermediates, a few at once)."""
+    """Bytes on the GPU for one shape: shared weights, the unrouted KV cache (the largest) and
+    activations: one layer's MLP intermediates (gate, up, product: [B, T, I] each) plus, should SDPA
+    fall back to its math kernel, the [B, H, T, T] attention scores in fp32."""
     t = prompt_tokens() + DECODE_STEPS
     weights = parameter_count(cfg) * dtype_bytes
     kv_cache = cfg.num_layers * 2 * batch * cfg.num_kv_heads * t * cfg.head_dim * dtype_bytes
-    activations = 4 * batch * t * max(cfg.intermediate_size, cfg.vocab_size // t + cfg.hidden_size) * dtype_bytes
+    activations = 3 * batch * t * cfg.intermediate_size * dtype_bytes + batch * cfg.num_heads * t * t * 4
     return {"weights": weights, "kv_cache": kv_cache, "activations": activations,
             "total": weights + kv_cache + activations}
 
