@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -64,15 +65,19 @@ def run_stage(name: str, budget_s: int, out: Path) -> dict:
         result_file = Path(tmp) / "result.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", name, "--result", str(result_file),
                "--budget-s", str(budget_s)]
+        # own session: on timeout the whole group goes (nvcc, pytest children), not just the stage process
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=budget_s + STAGE_STARTUP_S)
+            proc.wait(timeout=budget_s + STAGE_STARTUP_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            result = {"status": "timed_out", "error": f"killed after {budget_s + STAGE_STARTUP_S} s; see {name}.log"}
+        else:
             if result_file.is_file():
                 result = json.loads(result_file.read_text())
             else:
                 result = {"status": "failed", "error": f"exit {proc.returncode} without a result; see {name}.log"}
-        except subprocess.TimeoutExpired:
-            result = {"status": "timed_out", "error": f"killed after {budget_s + STAGE_STARTUP_S} s; see {name}.log"}
     return {**result, "wall_s": round(time.monotonic() - start, 1), "budget_s": budget_s}
 
 
