@@ -44,9 +44,10 @@ def _reference_model(artifact: Artifact, loaded):
     return load_model(source)
 
 
-def make_backend(name: str, artifact: Artifact, loaded=None, plugins: bool = True):
+def make_backend(name: str, artifact: Artifact, loaded=None, plugins: bool = True, device="cpu"):
+    """``device`` places the torch reference (cpu or cuda); the other backends ignore it."""
     model = _reference_model(artifact, loaded) if name == "torch" else None
-    return open_backend(name, artifact, model, plugins)
+    return open_backend(name, artifact, model, plugins, device=device)
 
 
 def _encode_samples(artifact: Artifact, processor, count: int):
@@ -82,7 +83,8 @@ def _graph_runners(graph: str, backends: dict, reference_modules: dict, artifact
     for name, backend in backends.items():
         if name == "torch":
             spec = artifact.manifest["graphs"][graph]["inputs"]
-            runners.append(TorchGraphRunner(reference_modules[graph], spec, name=f"torch-{graph}"))
+            runners.append(TorchGraphRunner(reference_modules[graph], spec, name=f"torch-{graph}",
+                                            device=backend.device))
         else:
             runners.append(backend.comparator_runner(graph))
     return runners
@@ -142,7 +144,7 @@ def compare_graph(run_results, tol: dict, names: list[str], first_decision: int 
 
 
 def run_parity(path, backends=("torch", "onnxruntime"), samples: int = 10, steps: int = 32, loaded=None,
-               save_run_results: str | None = None, plugins: bool = True) -> dict:
+               save_run_results: str | None = None, plugins: bool = True, device="cpu") -> dict:
     from polygraphy.logger import G_LOGGER
 
     backends = list(dict.fromkeys(backends))
@@ -159,7 +161,7 @@ def run_parity(path, backends=("torch", "onnxruntime"), samples: int = 10, steps
     live = {}
     try:
         for name in backends:
-            live[name] = make_backend(name, artifact, loaded, plugins)
+            live[name] = make_backend(name, artifact, loaded, plugins, device)
         return _run_parity(path, artifact, live, loaded, tol, backends, samples, steps, save_run_results)
     finally:
         for backend in live.values():
@@ -175,7 +177,8 @@ def _run_parity(path, artifact, live, loaded, tol, backends, samples, steps, sav
     reference = live["torch"]
     inputs_list = _encode_samples(artifact, artifact.processor(), samples)
     feeds = _graph_feeds(reference, inputs_list)
-    modules = build_graph_modules(loaded, artifact.schedule, reference.dtype)
+    modules = {g: m.to(reference.device) for g, m in build_graph_modules(loaded, artifact.schedule,
+                                                                          reference.dtype).items()}
     graphs_report, all_results = {}, {}
     for graph in GRAPHS:
         runners = _graph_runners(graph, live, modules, artifact)
@@ -194,6 +197,7 @@ def _run_parity(path, artifact, live, loaded, tol, backends, samples, steps, sav
     return {
         "artifact": str(Path(path).resolve()), "dtype": artifact.dtype, "method": artifact.manifest["method"],
         "ratio": artifact.manifest["ratio"], "backends": backends, "samples": samples, "steps": steps,
+        "torch_device": str(reference.device),
         "tolerance": {**tol, "rule": "|a - b| <= atol + rtol * |b| per element; routing_overlap: min fraction of "
                       "selected indices shared with the reference per decision layer; token_match: min fraction "
                       "of samples with identical greedy sequences"},
