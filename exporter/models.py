@@ -103,7 +103,9 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
 
 def _from_pretrained(source: str, local_only: bool, dtype: torch.dtype):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its per-tensor loading bar floods the terminal; ours reports stages
     model = LlavaForConditionalGeneration.from_pretrained(
         source, local_files_only=local_only, trust_remote_code=False, dtype=dtype
     )
@@ -114,3 +116,42 @@ def _from_pretrained(source: str, local_only: bool, dtype: torch.dtype):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def weights_dir(spec: str) -> Path | None:
+    """The folder holding ``spec``'s safetensors (None for presets, which have no files).
+
+    ``llava`` and hub ids resolve to their local HF-cache snapshot; nothing is downloaded for ``llava``.
+    """
+    kind = _kind(spec)
+    if kind == "preset":
+        return None
+    if kind == "dir":
+        return Path(spec).resolve()
+    source = ALIASES.get(spec, spec)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=kind == "alias",
+                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:  # the hub client raises many types (offline, missing, gated)
+        if kind == "alias":
+            raise RerouteError(
+                f"LLaVA-1.5-7B weights ({source}) are not in the local HF cache and the hub is unreachable; "
+                f"use --model llava-tiny, or a local directory written by save_pretrained"
+            ) from None
+        raise RerouteError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
+
+
+def load_processor(spec: str, directory: Path | None):
+    """The model's processor: the preset's offline one, or the one saved beside the weights."""
+    if directory is None:
+        from .presets import PRESETS, build_processor
+
+        return build_processor(PRESETS[spec]["text"]["vocab_size"])
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise RerouteError(f"cannot load the processor of {spec!r}: {_first_line(exc)}") from None
