@@ -50,7 +50,7 @@ class DataFile:
 
     def add(self, key: str, name: str, array: np.ndarray) -> tuple:
         """Append ``array``; returns (initializer name, offset, length, (dtype, shape))."""
-        data = array.tobytes()
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # bytes without another copy
         if len(data) >= ALIGN_THRESHOLD:
             self.file.seek(-self.file.tell() % ALIGNMENT, os.SEEK_CUR)
         base, n = name, 1
