@@ -258,8 +258,8 @@ def export_artifact(options: ExportOptions | str, *args, loaded: LoadedModel | N
     if not (num_visual_tokens(config) + 2 <= max_sequence <= limit):
         raise RerouteError(f"--max-sequence must be in [{num_visual_tokens(config) + 2}, {limit}], got {max_sequence}")
     dtype = resolve_dtype(o.model, o.dtype, loaded)
-    parity = o.parity_samples > 0 and parity_fits(o.model, config, dtype, loaded, quiet=o.quiet)
     preflight(o.model, config, dtype, loaded)
+    parity = o.parity_samples > 0 and parity_fits(o.model, config, dtype, loaded)
     if not target.parent.exists():
         target.parent.mkdir(parents=True)
     progress = Progress(4 + len(GRAPHS) + parity, o.quiet)

@@ -89,7 +89,7 @@ def preflight(spec: str, config, dtype: str, loaded=None) -> None:
             f"available; free memory (close other jobs) or export on a machine with more RAM")
 
 
-def parity_fits(spec: str, config, dtype: str, loaded=None, quiet: bool = False) -> bool:
+def parity_fits(spec: str, config, dtype: str, loaded=None) -> bool:
     """Whether the closing parity fits; if not, say so in one line (the export itself goes on)."""
     total, _ = weight_sizes(spec, config, dtype, loaded)
     need, room = BASE + int(PARITY_FACTOR * total), available_memory()

@@ -65,7 +65,9 @@ def _reference_export(loaded, module_name, dtype, path):
                           input_names=module.input_names(), output_names=module.output_names(),
                           dynamic_axes=_dynamic_axes(module_name, module, loaded.decoder_config.num_layers),
                           do_constant_folding=True)
-    return attach_pool_functions(onnx.load(str(path)))
+    model = attach_pool_functions(onnx.load(str(path)))
+    onnx.save(model, str(path))
+    return model
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
