@@ -73,3 +73,34 @@ def verify_weights(artifact_dir, weights_dir) -> dict:
                 mismatched.append(f"{graph}:{tensor.name}")
             first = where[1] if first is None and where[0] == "decoder.onnx.data" else first
     return {"checked": len(seen), "mismatched": mismatched, "unverified": unverified, "first_offset": first}
+
+
+def _layer_signatures(model) -> dict[int, tuple]:
+    """{decoder layer: (its nodes' op types in order, its weights' shapes)} from node scopes and weight names."""
+    ops: dict[int, list[str]] = {}
+    for node in model.graph.node:
+        scope = node.name.split("/")[1] if node.name.count("/") > 1 else ""
+        if scope.startswith("layers."):
+            ops.setdefault(int(scope.split(".")[1]), []).append(node.op_type)
+    shapes: dict[int, list] = {}
+    for t in model.graph.initializer:
+        parts = t.name.split(".")
+        if t.name.startswith("decoder.layers."):
+            shapes.setdefault(int(parts[2]), []).append((".".join(parts[3:]), tuple(t.dims), t.data_type))
+    return {i: (tuple(ops[i]), tuple(sorted(shapes.get(i, [])))) for i in ops}
+
+
+def compare_layer_structure(full_artifact, cut_artifact) -> dict:
+    """Each decoder layer of the full-depth artifact (prefill and decode) against the depth-cut one's:
+    {graph: [full layers whose ops / weight shapes match no layer of the cut]} (empty lists: same per layer)."""
+    import onnx
+
+    out = {}
+    for graph in ("prefill", "decode"):
+        full, cut = (_layer_signatures(onnx.load(str(open_artifact(a, verify=False).graph_path(graph)),
+                                                  load_external_data=False)) for a in (full_artifact, cut_artifact))
+        known = set(cut.values())
+        if not full or not known:
+            raise ValueError(f"{graph}: no decoder layer scopes found")
+        out[graph] = [i for i, sig in sorted(full.items()) if sig not in known]
+    return out

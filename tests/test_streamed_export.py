@@ -176,3 +176,16 @@ def test_llava_bench_export_peak_rss_within_its_weight_bytes(tmp_path):
     assert peak <= 1.0 * total, f"peak RSS {peak / 2**30:.2f} GiB > weights {total / 2**30:.2f} GiB"
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert manifest["dtype"] == "float32"
+
+
+def test_layer_structure_compares_per_layer(tmp_path, gqa_dir):
+    from exporter.verify_weights import compare_layer_structure
+
+    def export(model, name, **kw):
+        return export_artifact(ExportOptions(model, out=str(tmp_path / name), parity_samples=0, quiet=True, **kw))[0]
+
+    full = export("llava-tiny", "full")
+    cut = export("llava-tiny", "cut", layers=[1, 2, 3, 4], keep_ratios=[0.36, 0.36, 0.18, 0.09])
+    assert compare_layer_structure(full, cut) == {"prefill": [], "decode": []}
+    other = export(gqa_dir, "gqa")  # other widths: no layer matches
+    assert compare_layer_structure(full, other)["decode"] == list(range(32))
