@@ -93,10 +93,7 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
         if kind == "alias":
-            raise RerouteError(
-                f"LLaVA-1.5-7B weights ({source}) are not in the local HF cache and the hub is unreachable; "
-                f"use --model llava-tiny, or a local directory written by save_pretrained"
-            ) from None
+            raise _weights_missing(source) from None
         raise RerouteError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
     return LoadedModel(spec, source if kind != "dir" else str(Path(spec).resolve()), model, processor)
 
@@ -111,6 +108,11 @@ def _from_pretrained(source: str, local_only: bool, dtype: torch.dtype):
     )
     processor = AutoProcessor.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
     return model.eval(), processor
+
+
+def _weights_missing(source: str) -> RerouteError:
+    return RerouteError(f"LLaVA-1.5-7B weights ({source}) are not in the local HF cache and the hub is unreachable; "
+                        f"use --model llava-tiny, or a local directory written by save_pretrained")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -136,10 +138,7 @@ def weights_dir(spec: str) -> Path | None:
                                       allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
     except Exception as exc:  # the hub client raises many types (offline, missing, gated)
         if kind == "alias":
-            raise RerouteError(
-                f"LLaVA-1.5-7B weights ({source}) are not in the local HF cache and the hub is unreachable; "
-                f"use --model llava-tiny, or a local directory written by save_pretrained"
-            ) from None
+            raise _weights_missing(source) from None
         raise RerouteError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
 
 

@@ -75,12 +75,18 @@ def verify_weights(artifact_dir, weights_dir) -> dict:
     return {"checked": len(seen), "mismatched": mismatched, "unverified": unverified, "first_offset": first}
 
 
+# Shape bookkeeping the tracer shares between neighbouring layers of equal length (a second layer reuses
+# the first one's Shape/Gather/Concat): not part of what a layer computes, so left out of its signature.
+_SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Constant", "Slice", "Cast", "Equal", "Where",
+              "ConstantOfShape", "Expand", "Range", "Identity"}
+
+
 def _layer_signatures(model) -> dict[int, tuple]:
-    """{decoder layer: (its nodes' op types in order, its weights' shapes)} from node scopes and weight names."""
+    """{decoder layer: (its compute ops in order, its weights' shapes)} from node scopes and weight names."""
     ops: dict[int, list[str]] = {}
     for node in model.graph.node:
         scope = node.name.split("/")[1] if node.name.count("/") > 1 else ""
-        if scope.startswith("layers."):
+        if scope.startswith("layers.") and node.op_type not in _SHAPE_OPS:
             ops.setdefault(int(scope.split(".")[1]), []).append(node.op_type)
     shapes: dict[int, list] = {}
     for t in model.graph.initializer:
