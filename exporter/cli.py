@@ -115,12 +115,19 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .onnx_export import export_artifact
+    from .onnx_export import ExportOptions, ExportStageError, export_artifact
     from .parity import format_report
 
-    path, report = export_artifact(args.model, args.method, args.ratio, args.out, args.dtype, args.force,
-                                   args.layers, args.keep_ratios, args.max_batch, args.max_sequence,
-                                   args.parity_samples, args.quiet)
+    options = ExportOptions(args.model, args.method, args.ratio, args.out, args.dtype, args.force, args.layers,
+                            args.keep_ratios, args.max_batch, args.max_sequence, args.parity_samples, args.quiet)
+    try:
+        path, report = export_artifact(options)
+    except ExportStageError as exc:
+        if args.debug:  # the one-line error stays; the internal traceback behind it is shown on request
+            import traceback
+
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
+        raise
     print(f"exported {path}")
     if report is not None:
         print(format_report(report))
@@ -212,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     _schedule_args(p)
     p.add_argument("--out", help="output folder (default artifacts/<model>-<method>-r<ratio>)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16"],
+                   help="auto (default): fp16 for llava and fp16 checkpoints, fp32 for presets")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     p.add_argument("--max-batch", type=int, default=4, help="largest batch the artifact accepts")
     p.add_argument("--max-sequence", type=int, help="prompt + generated tokens capacity (default min(2048, model))")
     p.add_argument("--parity-samples", type=int, default=2, help="samples for the closing parity report (0: skip)")

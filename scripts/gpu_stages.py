@@ -76,7 +76,7 @@ def parity_stage(budget_s: float) -> dict:
     import torch
 
     from engines.torch_runner import TorchBackend
-    from exporter.inputs import encode
+    from engines.inputs import encode
     from exporter.inspect_model import make_schedule
     from exporter.models import load_model
     from exporter.samples import sample

@@ -104,7 +104,7 @@ def test_torch_backend_cuda_matches_cpu():
         pytest.skip("no CUDA device visible to torch")
     from engines.generate import greedy_generate
     from engines.torch_runner import TorchBackend
-    from exporter.inputs import encode
+    from engines.inputs import encode
     from exporter.inspect_model import make_schedule
     from exporter.models import load_model
     from exporter.samples import sample
