@@ -170,3 +170,59 @@ def test_serve_refuses_bad_traffic_options(artifact, capsys, flags, needle):
     code = main(["serve", artifact, "--port", str(port), *[f.format(port=port) for f in flags]])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_batcher_drops_jobs_whose_deadline_passed_while_waiting():
+    """In-process: a job that expires behind a running batch is never run; its waiter gets DeadlineExceeded."""
+    import numpy as np
+
+    from engines.serving.pipeline import DeadlineExceeded, Job, MicroBatcher
+
+    gate, ran = threading.Event(), []
+
+    def run(jobs):
+        ran.append([j.max_new_tokens for j in jobs])
+        assert gate.wait(30)
+        return [([1], "x") for _ in jobs]
+
+    def job(n, deadline=None):
+        return Job(np.zeros((1, 4), np.int64), np.zeros((1, 3, 2, 2), np.float32), 1, n, deadline=deadline)
+
+    batcher = MicroBatcher(run, 4)
+    try:
+        first = batcher.submit(job(1))
+        while not ran:
+            time.sleep(0.01)
+        late = batcher.submit(job(2, deadline=time.monotonic() + 0.05))
+        fine = batcher.submit(job(3, deadline=time.monotonic() + 60))
+        time.sleep(0.2)  # the first deadline passes while job 1 runs
+        gate.set()
+        assert first.result(30) == ([1], "x") and fine.result(30) == ([1], "x")
+        with pytest.raises(DeadlineExceeded):
+            late.result(30)
+        assert ran == [[1], [3]] and batcher.batches == [1, 1]
+        assert batcher.stats.batch_sizes == {1: 2} and batcher.stats.queue_length == 0
+    finally:
+        gate.set()
+        batcher.close()
+
+
+def test_stats_prometheus_text():
+    from engines.serving.stats import ServeStats
+
+    stats = ServeStats()
+    for latency in (0.1, 0.2, 0.3, 0.4):
+        stats.record_outcome("ok", latency)
+    stats.record_outcome("timed_out")
+    stats.record_batch(3)
+    stats.record_batch(3)
+    stats.record_batch(1)
+    stats.set_queue_length(5)
+    text = stats.prometheus_text()
+    assert _metric(text, 'reroute_requests_total{outcome="ok"}') == 4
+    assert _metric(text, 'reroute_requests_total{outcome="timed_out"}') == 1
+    assert _metric(text, 'reroute_batches_total{size="3"}') == 2 and _metric(text, 'reroute_batches_total{size="1"}') == 1
+    assert _metric(text, "reroute_queue_length") == 5
+    assert _metric(text, 'reroute_request_latency_seconds{quantile="0.5"}') == pytest.approx(0.25)
+    assert _metric(text, "reroute_request_latency_seconds_count") == 4
+    assert _metric(text, "reroute_request_latency_seconds_sum") == pytest.approx(1.0)
