@@ -27,7 +27,9 @@ def cmd_serve(args) -> int:
 
     return serve(args.artifact, ServeOptions(host=args.host, port=args.port, backend=args.backend,
                                              max_batch=args.max_batch, model_name=args.model, threads=args.threads,
-                                             plugins=not args.no_plugins))
+                                             plugins=not args.no_plugins, max_queue=args.max_queue,
+                                             timeout=args.timeout, metrics_port=args.metrics_port,
+                                             stats_port=args.stats_port))
 
 
 def cmd_client(args) -> int:
@@ -50,7 +52,7 @@ def cmd_client(args) -> int:
 
 def register(sub, parser_class) -> None:
     """Add the serving subcommands to ``reroute``'s subparsers."""
-    from engines.serving.triton_serve import DEFAULT_HOST, DEFAULT_PORT, MODEL_NAME
+    from engines.serving.triton_serve import DEFAULT_HOST, DEFAULT_MAX_QUEUE, DEFAULT_PORT, MODEL_NAME
 
     p = sub.add_parser("deploy", help="write a Triton Inference Server model repository for an artifact")
     p.add_argument("artifact", help="exported artifact folder")
@@ -70,6 +72,13 @@ def register(sub, parser_class) -> None:
     p.add_argument("--max-batch", type=int, help="largest batch of requests run together (default: the artifact's)")
     p.add_argument("--model", default=MODEL_NAME, help=f"Triton model name (default {MODEL_NAME})")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)")
+    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help=f"requests that may wait; beyond it a request is refused at once with 'server busy' "
+                        f"(default {DEFAULT_MAX_QUEUE})")
+    p.add_argument("--timeout", type=float, help="seconds a request may take, waiting included (default: no limit)")
+    p.add_argument("--metrics-port", type=int, help="Triton's Prometheus metrics port (default: --port + 2)")
+    p.add_argument("--stats-port", type=int,
+                   help="reroute's own metrics (queue length, batch sizes, latencies; default: metrics port + 1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("client", help="send one image + prompt to a `reroute serve` (or Triton) server")

@@ -65,7 +65,7 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x[:, :, None].expand(b, kvh, groups, n, hd).reshape(b, kvh * groups, n, hd)
 
 
-def attend(q, k, v, causal: bool, scale: float) -> torch.Tensor:
+def attend(q, k, v, causal: bool, scale: float, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale [+ causal mask]) v, the softmax in fp32 and everything else in q's dtype.
 
     Written out rather than through F.scaled_dot_product_attention: the TorchScript ONNX exporter's
@@ -73,6 +73,8 @@ def attend(q, k, v, causal: bool, scale: float) -> torch.Tensor:
     graph's attention output, and with it the whole residual stream, to fp32 (and a pool scatter
     then mixes fp16 and fp32 when the first decision is at layer 0).
     q: [B, H, n, hd]; k, v: [B, H, s, hd] with s = n (prefill) or past + n (decode).
+    key_mask: [B, s] bool, False at (left) padding: no query attends a padding key. A padding query
+    still attends itself, so its row stays finite; nothing real ever reads it.
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, n, s]
     scores = scores.float()
@@ -80,6 +82,11 @@ def attend(q, k, v, causal: bool, scale: float) -> torch.Tensor:
         n = q.shape[2]
         pos = torch.arange(n, device=q.device)
         scores = scores.masked_fill(pos[None, :] > pos[:, None], float("-inf"))  # [n, n] broadcast
+    if key_mask is not None:
+        allowed = key_mask[:, None, None, :]  # [B, 1, 1, s]
+        if causal:
+            allowed = allowed | torch.eye(q.shape[2], dtype=torch.bool, device=q.device)  # [B, 1, n, n]
+        scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     return torch.matmul(probs, v)  # [B, H, n, hd]
 
@@ -107,11 +114,12 @@ class Attention(nn.Module):
         return apply_rope(self._heads(k_lin, self.cfg.num_kv_heads), cos, sin)
 
     def forward(self, h, cos, sin, past: tuple[torch.Tensor, torch.Tensor] | None = None,
-                k_lin: torch.Tensor | None = None):
+                k_lin: torch.Tensor | None = None, key_mask: torch.Tensor | None = None):
         """Causal attention over the given (possibly compact) sequence, or one decode step over ``past``.
 
         ``k_lin``: this sequence's k_proj output when the caller already has it (a decision layer's
-        scoring pass computed it for every token), so it is not computed twice.
+        scoring pass computed it for every token), so it is not computed twice. ``key_mask``: [B, past + n]
+        bool, False at padding (see :func:`attend`).
         """
         q = self.query(h, cos, sin)
         k = self.rope_key(self.k_proj(h) if k_lin is None else k_lin, cos, sin)
@@ -123,7 +131,7 @@ class Attention(nn.Module):
         # Prefill: plain causal mask in compact order (order == original position order).
         # Decode: one new token sees every cached entry, so no mask at all.
         out = attend(q, repeat_kv(k, groups), repeat_kv(v, groups), causal=past is None,
-                     scale=self.cfg.head_dim**-0.5)  # [B, H, n, hd]
+                     scale=self.cfg.head_dim**-0.5, key_mask=key_mask)  # [B, H, n, hd]
         b, _, n, _ = out.shape
         out = out.transpose(1, 2).reshape(b, n, -1)  # [B, n, H * hd]
         return self.o_proj(out), (k, v)
@@ -149,11 +157,12 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, past=None, normed=None, k_lin=None):
+    def forward(self, x, cos, sin, past=None, normed=None, k_lin=None, key_mask=None):
         """``normed`` / ``k_lin``: input_layernorm(x) and its k_proj, when a decision layer's scoring
-        pass already computed them (rows gathered from the pool); otherwise computed here."""
+        pass already computed them (rows gathered from the pool); otherwise computed here.
+        ``key_mask``: [B, past + n] bool, False at padding."""
         h = self.input_layernorm(x) if normed is None else normed
-        attn, kv = self.self_attn(h, cos, sin, past, k_lin)
+        attn, kv = self.self_attn(h, cos, sin, past, k_lin, key_mask)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, kv

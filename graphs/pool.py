@@ -10,6 +10,14 @@ Sequence layout at a decision layer: ``n`` tokens, the candidate visual pool
 is the contiguous span ``[v0, v0 + P)``; a stage keeps ``k`` of them.
 The compact sequence is ``[text before, selected (ascending), text after]``,
 ``n - P + k`` tokens.
+
+Mixed batches: ``v0`` is one start for the batch (an int, or a tensor of one
+element) or one per sample (a ``[B]`` tensor, left-padded prompts whose images
+sit at different positions); ``key_mask`` ([B, n] bool, False at padding) keeps
+padding out of the scoring softmax. Left padding stays before every span, so
+the compact length ``n - P + k`` is the same for every sample. (Eager torch for
+now: the exported ops, their ONNX function bodies and the plugins still take
+one start and no mask.)
 """
 
 from __future__ import annotations
@@ -19,24 +27,31 @@ import torch
 DOMAIN = "reroute"
 
 
-def _as_int(v0) -> int:
-    return int(v0.reshape(-1)[0]) if isinstance(v0, torch.Tensor) else int(v0)
+def _starts(v0, batch: int, device) -> torch.Tensor:
+    """The span start of every sample, [B, 1] int64, from an int, a one-element tensor or a [B] tensor."""
+    if not isinstance(v0, torch.Tensor):
+        return torch.full((batch, 1), int(v0), dtype=torch.long, device=device)
+    return v0.reshape(-1, 1).long().to(device).expand(batch, 1)
 
 
-def pool_scores(q_last: torch.Tensor, keys: torch.Tensor, v0: int, num_candidates: int, scale: float):
+def pool_scores(q_last: torch.Tensor, keys: torch.Tensor, v0, num_candidates: int, scale: float,
+                key_mask: torch.Tensor | None = None):
     """Head-averaged attention of the last token over the candidate span, fp32.
 
     q_last: [B, H, hd]; keys: [B, KVH, n, hd] (RoPE applied, whole current sequence).
-    Softmax runs over all n keys (the last token's causal row), then the row is restricted
-    to the visual span. Only this one row is ever built, never the n x n map.
+    Softmax runs over all n keys (the last token's causal row; padding masked out), then the row
+    is restricted to each sample's visual span. Only this one row is ever built, never the n x n map.
     """
     b, h, hd = q_last.shape
     kvh = keys.shape[1]
     q = q_last.float().reshape(b, kvh, h // kvh, hd)  # [B, KVH, G, hd]: query head h uses KV group h // G
     logits = torch.matmul(q, keys.float().transpose(-1, -2)) * scale  # [B, KVH, G, n]
+    if key_mask is not None:  # padding never enters the softmax
+        logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1).reshape(b, h, -1)  # [B, H, n]
     row = probs.mean(dim=1)  # [B, n]
-    return row[:, v0 : v0 + num_candidates]  # [B, P]
+    span = _starts(v0, b, row.device) + torch.arange(num_candidates, device=row.device)  # [B, P]
+    return torch.gather(row, 1, span)  # [B, P]
 
 
 def select_top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -48,21 +63,24 @@ def select_top(scores: torch.Tensor, k: int) -> torch.Tensor:
 def compact_source_index(selected: torch.Tensor, v0, n: int, num_candidates: int) -> torch.Tensor:
     """For each compact slot, the index of its token in the n-token sequence. [B, k] -> [B, n - P + k]."""
     b, k = selected.shape
-    slots = torch.arange(n - num_candidates + k, device=selected.device)  # [m]
-    rel = (slots - v0).clamp(0, k - 1)  # [m] slot -> position inside the selected list
-    from_pool = v0 + torch.gather(selected, 1, rel.expand(b, -1))  # [B, m]
-    after = slots + (num_candidates - k)  # text after the span shifts by the deferred count
-    src = torch.where(slots < v0 + k, from_pool, after.expand(b, -1))
-    return torch.where(slots < v0, slots.expand(b, -1), src)  # [B, m]
+    starts = _starts(v0, b, selected.device)  # [B, 1]
+    slots = torch.arange(n - num_candidates + k, device=selected.device)[None]  # [1, m]
+    rel = (slots - starts).clamp(0, k - 1)  # [B, m] slot -> position inside the selected list
+    from_pool = starts + torch.gather(selected, 1, rel)  # [B, m]
+    after = (slots + (num_candidates - k)).expand(b, -1)  # text after the span shifts by the deferred count
+    src = torch.where(slots < starts + k, from_pool, after)
+    return torch.where(slots < starts, slots.expand(b, -1), src)  # [B, m]
 
 
 class _PoolSelect(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q_last, keys, v0, k, num_candidates, scale):
-        return select_top(pool_scores(q_last, keys, _as_int(v0), num_candidates, scale), k)
+    def forward(ctx, q_last, keys, v0, k, num_candidates, scale, key_mask=None):
+        return select_top(pool_scores(q_last, keys, v0, num_candidates, scale, key_mask), k)
 
     @staticmethod
-    def symbolic(g, q_last, keys, v0, k, num_candidates, scale):
+    def symbolic(g, q_last, keys, v0, k, num_candidates, scale, key_mask=None):
+        if key_mask is not None and not key_mask.node().mustBeNone():
+            raise NotImplementedError("PoolSelect with a padding mask is not exportable yet (eager torch only)")
         out = g.op(f"{DOMAIN}::PoolSelect", q_last, keys, v0, k_i=k, num_candidates_i=num_candidates,
                    scale_f=scale)
         out.setType(v0.type().with_dtype(torch.int64).with_sizes([None, k]))  # [B, k]
@@ -72,7 +90,7 @@ class _PoolSelect(torch.autograd.Function):
 class _PoolGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, selected, v0, num_candidates):
-        src = compact_source_index(selected, _as_int(v0), x.shape[1], num_candidates)  # [B, m]
+        src = compact_source_index(selected, v0, x.shape[1], num_candidates)  # [B, m]
         return torch.gather(x, 1, src[..., None].expand(-1, -1, x.shape[2]))
 
     @staticmethod
@@ -86,7 +104,7 @@ class _PoolGather(torch.autograd.Function):
 class _PoolScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, compact, selected, v0, num_candidates):
-        src = compact_source_index(selected, _as_int(v0), x.shape[1], num_candidates)  # [B, m]
+        src = compact_source_index(selected, v0, x.shape[1], num_candidates)  # [B, m]
         return torch.scatter(x, 1, src[..., None].expand(-1, -1, x.shape[2]), compact)
 
     @staticmethod
@@ -96,9 +114,13 @@ class _PoolScatter(torch.autograd.Function):
         return out
 
 
-def pool_select(q_last, keys, v0, *, k: int, num_candidates: int, scale: float) -> torch.Tensor:
-    """Score the pool and pick ``k`` candidates: [B, k] int64, ascending, in [0, P)."""
-    return _PoolSelect.apply(q_last, keys, v0, k, num_candidates, float(scale))
+def pool_select(q_last, keys, v0, *, k: int, num_candidates: int, scale: float,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Score the pool and pick ``k`` candidates: [B, k] int64, ascending, in [0, P). ``key_mask``: [B, n]
+    bool, False at padding (None: no padding, the exported form)."""
+    if key_mask is None:
+        return _PoolSelect.apply(q_last, keys, v0, k, num_candidates, float(scale))
+    return _PoolSelect.apply(q_last, keys, v0, k, num_candidates, float(scale), key_mask)
 
 
 def pool_gather(x, selected, v0, *, num_candidates: int) -> torch.Tensor:

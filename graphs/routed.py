@@ -4,6 +4,13 @@ Export-friendly form (SPEC section 3, "stagewise"): one gather per stage and
 one scatter back at the next decision layer; capacities are static per stage,
 there is no data-dependent Python control flow, and every layer's KV cache
 holds exactly the tokens that layer processed.
+
+Mixed batches (eager torch so far): prompts of different lengths are left-padded;
+``attention_mask`` [B, T] marks the real tokens, ``positions`` [B, T] restart at 0
+after each sample's padding, and ``visual_start`` is per sample ([B]). Padding
+stays in front of every span, so each layer's cache has the same length for
+every sample, and sample b's padding is the first ``pad_lengths[b]`` entries of
+every layer's cache: decode masks them with that count alone.
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ class RoutedDecoder(nn.Module):
         model.rotary = Rotary(cfg)  # the buffer was created on meta
         return model.to(dtype=hf_model.lm_head.weight.dtype).eval()
 
-    def _score_and_gather(self, sch: Schedule, layer: DecoderLayer, full, full_pos, v0, stage: int):
+    def _score_and_gather(self, sch: Schedule, layer: DecoderLayer, full, full_pos, v0, stage: int,
+                          full_mask=None):
         """Score the pool at a decision layer, pick k_s, gather the compact sequence.
 
         Scoring needs input_layernorm and k_proj over every token; the kept tokens' rows of both are
@@ -68,21 +76,25 @@ class RoutedDecoder(nn.Module):
         q_last = attn.query(h[:, -1:], cos[:, -1:], sin[:, -1:])[:, :, 0]  # [B, H, hd]
         keys = attn.rope_key(k_lin, cos, sin)  # [B, KVH, n, hd]
         selected = pool_select(
-            q_last, keys, v0, k=sch.k[stage], num_candidates=candidates, scale=self.cfg.head_dim**-0.5
+            q_last, keys, v0, k=sch.k[stage], num_candidates=candidates, scale=self.cfg.head_dim**-0.5,
+            key_mask=full_mask,
         )  # [B, k_s]
 
         def gather(t):  # [B, n, C] -> [B, n - P + k_s, C]
             return pool_gather(t, selected, v0, num_candidates=candidates)
 
         x_pos = gather_positions(gather, full_pos)  # [B, n - P + k_s] or [3, B, n - P + k_s]
-        return selected, gather(full), x_pos, gather(h), gather(k_lin)
+        x_mask = None if full_mask is None else gather(full_mask[..., None].long())[..., 0].bool()
+        return selected, gather(full), x_pos, gather(h), gather(k_lin), x_mask
 
     def prefill(self, inputs_embeds: torch.Tensor, visual_start, positions: torch.Tensor | None = None,
-                schedule: Schedule | None = None) -> PrefillOutput:
+                schedule: Schedule | None = None, attention_mask: torch.Tensor | None = None) -> PrefillOutput:
         """inputs_embeds: [B, T, d] with the visual span at [visual_start, visual_start + N_v).
 
-        positions: the prompt's position ids, [B, T] or [3, B, T] (M-RoPE); default 0..T-1.
-        schedule: this batch's schedule when N_v differs from the one built in (same layers, k_s per N_v).
+        visual_start: one start (int / one-element tensor) or one per sample ([B]);
+        positions: the prompt's position ids, [B, T] or [3, B, T] (M-RoPE); default 0..T-1;
+        schedule: this batch's schedule when N_v differs from the one built in (same layers, k_s per N_v);
+        attention_mask: [B, T], 0 at left padding.
         """
         sch = self.schedule if schedule is None else schedule
         if sch.layers != self.schedule.layers:
@@ -91,7 +103,8 @@ class RoutedDecoder(nn.Module):
         x = inputs_embeds
         # [B, T], or [3, B, T] with M-RoPE
         x_pos = torch.arange(t, device=x.device).expand(b, t) if positions is None else positions
-        full = full_pos = selected = normed = k_lin = None
+        x_mask = None if attention_mask is None else attention_mask.bool()  # [B, T]
+        full = full_pos = full_mask = selected = normed = k_lin = None
         selections: list[torch.Tensor] = []
         cache: KVCache = []
         for i, layer in enumerate(self.layers):
@@ -101,28 +114,34 @@ class RoutedDecoder(nn.Module):
                     # scatter the stage's results back into the pool; deferred tokens stay frozen
                     full = pool_scatter(full, x, selected, visual_start, num_candidates=sch.num_visual)
                 else:  # first decision, or deletion: the current sequence is the new candidate set
-                    full, full_pos = x, x_pos
-                selected, x, x_pos, normed, k_lin = self._score_and_gather(sch, layer, full, full_pos,
-                                                                           visual_start, stage)
+                    full, full_pos, full_mask = x, x_pos, x_mask
+                selected, x, x_pos, normed, k_lin, x_mask = self._score_and_gather(
+                    sch, layer, full, full_pos, visual_start, stage, full_mask)
                 if sch.action == DELETE and stage > 0:
                     # survivors are indexed within the previous survivors: map back to original indices
                     selections.append(torch.gather(selections[-1], 1, selected))
                 else:
                     selections.append(selected)
             cos, sin = self.rotary(x_pos, x.dtype)
-            x, kv = layer(x, cos, sin, normed=normed, k_lin=k_lin)
+            x, kv = layer(x, cos, sin, normed=normed, k_lin=k_lin, key_mask=x_mask)
             normed = k_lin = None  # only a decision layer gets them precomputed
             cache.append(kv)
         logits = self.lm_head(self.norm(x[:, -1:]))[:, 0]  # [B, vocab]; the last token is always text
         return PrefillOutput(logits, cache, selections)
 
-    def decode_step(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache):
-        """One greedy step. inputs_embeds: [B, 1, d]; positions of the new token: [B, 1], or [3, B, 1] (M-RoPE)."""
+    def decode_step(self, inputs_embeds: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                    pad_lengths: torch.Tensor | None = None):
+        """One greedy step. inputs_embeds: [B, 1, d]; positions of the new token: [B, 1], or [3, B, 1] (M-RoPE);
+        pad_lengths: [B] padding entries at the front of every layer's cache (None: no padding)."""
         x = inputs_embeds
         cos, sin = self.rotary(positions, x.dtype)
         new_cache: KVCache = []
         for layer, past in zip(self.layers, cache):
-            x, kv = layer(x, cos, sin, past)
+            key_mask = None
+            if pad_lengths is not None:  # [B, past + 1]: the padding slots of this layer's cache are masked
+                slots = torch.arange(past[0].shape[2] + 1, device=x.device)
+                key_mask = slots[None, :] >= pad_lengths[:, None]
+            x, kv = layer(x, cos, sin, past, key_mask=key_mask)
             new_cache.append(kv)
         logits = self.lm_head(self.norm(x))[:, 0]  # [B, vocab]
         return logits, new_cache

@@ -7,12 +7,18 @@ cleans up. ``--artifact DIR`` serves an existing artifact instead;
 ``--url URL`` tests a server that is already running (loopback only unless
 ``--allow-remote``).
 
+The load: prompts of different lengths with the image at different positions
+(text before it or not), images of different sizes, clients arriving evenly over
+``--arrival`` seconds. ``--compare-max-batch-1`` then serves the same artifact
+with ``--max-batch 1`` and runs the same load again (one after the other, never
+both at once), and prints the throughput ratio in tokens/s.
+
 Prints the request and error counts, p50 / p99 latency and throughput; exits 1
 if any request failed, timed out, or two answers for the same input differed.
 Every loop is bounded: M requests per client, a per-request timeout, and an
 overall --deadline after which no new request starts.
 
-    python scripts/load_test.py                      # 4 clients x 25 requests
+    python scripts/load_test.py --compare-max-batch-1  # 8 clients x 50 requests, 32 new tokens, twice
     python scripts/load_test.py --clients 2 --requests 3 --url http://127.0.0.1:8000
 """
 
@@ -48,11 +54,23 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-def workload(count: int) -> list[tuple[str, bytes]]:
-    """``count`` distinct (prompt, PNG bytes) inputs: the deterministic samples of exporter.samples."""
-    from exporter.samples import sample
+# Text before the image and questions of different lengths: prompts differ in token count and image position.
+PREFIXES = ["", "Look at this. ", "Here is a photo I took on a long walk yesterday afternoon. "]
+QUESTIONS = ["What is it?", "Where is the red ball?", "Describe the left part of the picture in a few words.",
+             "Is there any text, and if there is, what does it say?", "Count the dogs."]
 
-    return [(prompt, _png(image)) for prompt, image in (sample(i) for i in range(count))]
+
+def workload(count: int) -> list[tuple[str, bytes]]:
+    """``count`` distinct (prompt, PNG bytes) inputs: mixed prompt lengths and image positions, the
+    deterministic synthetic images of exporter.samples (sizes differ)."""
+    from exporter.samples import synthetic_image
+
+    out = []
+    for i in range(count):
+        prefix, question = PREFIXES[i % len(PREFIXES)], QUESTIONS[(i // len(PREFIXES)) % len(QUESTIONS)]
+        image = synthetic_image(i, size=(300 + 10 * (i % 7), 260 + 7 * (i % 5)))
+        out.append((f"USER: {prefix}<image>\n{question} ASSISTANT:", _png(image)))
+    return out
 
 
 class Server:
@@ -63,7 +81,8 @@ class Server:
         self.host, self.port = host, free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.log = open(Path(log_dir) / "serve.log", "w+")
-        command = [sys.executable, "-m", "exporter.cli", "serve", artifact, "--host", host, "--port", str(self.port)]
+        command = [sys.executable, "-m", "exporter.cli", "serve", artifact, "--host", host, "--port", str(self.port),
+                   "--metrics-port", str(free_port(host)), "--stats-port", str(free_port(host))]
         if max_batch is not None:
             command += ["--max-batch", str(max_batch)]
         self.proc = subprocess.Popen(command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
@@ -114,10 +133,16 @@ def wait_ready(url: str, timeout: float, proc=None, model: str = "reroute") -> N
 
 
 def run_load(url: str, clients: int, requests: int, max_new_tokens: int = 8, deadline_s: float = 600.0,
-             timeout_s: float = 120.0, model: str = "reroute", inputs: int = 5) -> dict:
-    """``clients`` threads, each with its own connection, send ``requests`` requests one after another."""
-    from engines.serving.client import infer, make_client, server_message
+             timeout_s: float = 120.0, model: str = "reroute", inputs: int = 15, arrival_s: float = 0.0) -> dict:
+    """``clients`` threads, each with its own connection, send ``requests`` requests one after another;
+    client c starts ``c * arrival_s / clients`` seconds after the first (clients arrive over time)."""
+    from engines.serving.client import batched_model, infer, make_client, server_message
 
+    probe = make_client(url, timeout=timeout_s)
+    try:
+        batched = batched_model(probe, model)  # reroute serve: [1, 1] tensors; a deploy repository: [1]
+    finally:
+        probe.close()
     work = workload(inputs)
     latencies: list[float] = []
     errors: list[str] = []
@@ -125,7 +150,10 @@ def run_load(url: str, clients: int, requests: int, max_new_tokens: int = 8, dea
     lock = threading.Lock()
     stop_at = time.monotonic() + deadline_s
 
+    tokens = [0]
+
     def client_loop(cid: int) -> None:
+        time.sleep(cid * arrival_s / clients)
         client = make_client(url, timeout=timeout_s)
         try:
             for r in range(requests):
@@ -138,13 +166,14 @@ def run_load(url: str, clients: int, requests: int, max_new_tokens: int = 8, dea
                 prompt, image = work[which]
                 t0 = time.perf_counter()
                 try:
-                    result = infer(client, prompt, image, max_new_tokens, model)
+                    result = infer(client, prompt, image, max_new_tokens, model, batched)
                 except Exception as exc:  # count every failure, keep going
                     with lock:
                         errors.append(f"client {cid} request {r}: {server_message(exc)}")
                     continue
                 with lock:
                     latencies.append(time.perf_counter() - t0)
+                    tokens[0] += len(result["generated_token_ids"])
                     answers.setdefault(which, set()).add(tuple(result["generated_token_ids"]))
         finally:
             client.close()
@@ -167,6 +196,7 @@ def run_load(url: str, clients: int, requests: int, max_new_tokens: int = 8, dea
         "latency_s": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
                       "mean": float(np.mean(lat)), "max": float(np.max(lat))},
         "wall_s": wall, "throughput_rps": len(latencies) / wall if wall > 0 else 0.0,
+        "tokens": tokens[0], "throughput_tps": tokens[0] / wall if wall > 0 else 0.0, "arrival_s": arrival_s,
     }
 
 
@@ -177,7 +207,8 @@ def format_report(r: dict) -> str:
         f"(max_new_tokens {r['max_new_tokens']})",
         f"  requests {r['sent']}  ok {r['ok']}  errors {r['errors']}  inconsistent answers {r['inconsistent_answers']}",
         f"  latency p50 {lat['p50']:.3f} s  p99 {lat['p99']:.3f} s  mean {lat['mean']:.3f} s  max {lat['max']:.3f} s",
-        f"  throughput {r['throughput_rps']:.2f} req/s  (wall {r['wall_s']:.1f} s)",
+        f"  throughput {r['throughput_rps']:.2f} req/s, {r['throughput_tps']:.1f} tokens/s  (wall {r['wall_s']:.1f} s, "
+        f"clients arriving over {r['arrival_s']:g} s)",
     ]
     lines += [f"  error: {m}" for m in r["error_messages"]]
     return "\n".join(lines)
@@ -191,33 +222,68 @@ def _loopback_url(url: str) -> bool:
     return is_loopback(host)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _served_load(artifact: str, tmp: str, max_batch: int | None, args) -> tuple[dict, int]:
+    """Start ``reroute serve`` (``--max-batch max_batch``), run the load, stop it: (report, its exit status)."""
+    print(f"starting reroute serve (--max-batch {max_batch or 'the artifact capacity'}) ...", file=sys.stderr,
+          flush=True)
+    log_dir = tempfile.mkdtemp(dir=tmp)
+    server = Server(artifact, log_dir, max_batch=max_batch)
+    status = 0
+    try:
+        report = run_load(server.url, args.clients, args.requests, args.max_new_tokens, args.deadline, args.timeout,
+                          arrival_s=args.arrival)
+        report["server_max_batch"] = max_batch
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}\n{server.output()[-3000:]}") from None
+    finally:
+        status = server.stop()
+        if status != 0:
+            print(f"load_test: the server exited with status {status} after SIGTERM:\n{server.output()[-3000:]}",
+                  file=sys.stderr)
+    return report, status
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     where = p.add_mutually_exclusive_group()
     where.add_argument("--url", help="test this running server instead of starting one")
     where.add_argument("--artifact", help="serve this artifact (default: export llava-tiny to a temp folder)")
-    p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--requests", type=int, default=25, help="requests per client")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--deadline", type=float, default=600.0, help="no new request after this many seconds")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--requests", type=int, default=50, help="requests per client")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--arrival", type=float, default=5.0,
+                   help="clients arrive evenly over this many seconds (default 5; 0: all at once)")
+    p.add_argument("--deadline", type=float, default=900.0, help="no new request after this many seconds")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout, seconds")
     p.add_argument("--max-batch", type=int, help="the server's --max-batch (when this script starts it)")
+    p.add_argument("--compare-max-batch-1", action="store_true",
+                   help="then run the same load on the same artifact served with --max-batch 1, and compare")
     p.add_argument("--allow-remote", action="store_true", help="allow a --url that is not on this machine")
     p.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     for name in ("clients", "requests", "max_new_tokens"):
         if not 1 <= getattr(args, name) <= 10_000:
             p.error(f"--{name.replace('_', '-')} must be in [1, 10000]")
-    if args.deadline <= 0 or args.timeout <= 0:
-        p.error("--deadline and --timeout must be > 0")
+    if args.deadline <= 0 or args.timeout <= 0 or not 0 <= args.arrival <= 3600:
+        p.error("--deadline and --timeout must be > 0, --arrival in [0, 3600]")
     if args.url and not args.allow_remote and not _loopback_url(args.url):
         p.error(f"--url {args.url} is not a loopback address (pass --allow-remote to test it anyway)")
+    if args.url and args.compare_max_batch_1:
+        p.error("--compare-max-batch-1 starts its own servers; it cannot be used with --url")
 
     tmp = tempfile.mkdtemp(prefix="reroute-load-")
-    server, server_status = None, 0
+    statuses, reports = [], []
     try:
-        url = args.url
-        if url is None:
+        if args.url:
+            wait_ready(args.url, 30.0)
+            reports.append(run_load(args.url, args.clients, args.requests, args.max_new_tokens, args.deadline,
+                                    args.timeout, arrival_s=args.arrival))
+        else:
             artifact = args.artifact
             if artifact is None:
                 from exporter.onnx_export import export_artifact
@@ -225,26 +291,26 @@ def main(argv: list[str] | None = None) -> int:
                 artifact = str(Path(tmp) / "llava-tiny")
                 print(f"exporting llava-tiny to {artifact} ...", file=sys.stderr, flush=True)
                 export_artifact("llava-tiny", "reroute", 0.25, out=artifact, parity_samples=0, quiet=True)
-            print("starting reroute serve ...", file=sys.stderr, flush=True)
-            server = Server(artifact, tmp, max_batch=args.max_batch)
-            url = server.url
-        else:
-            wait_ready(url, 30.0)
-        report = run_load(url, args.clients, args.requests, args.max_new_tokens, args.deadline, args.timeout)
+            for max_batch in [args.max_batch] + ([1] if args.compare_max_batch_1 else []):
+                report, status = _served_load(artifact, tmp, max_batch, args)
+                reports.append(report)
+                statuses.append(status)
     except RuntimeError as exc:
         print(f"load_test: error: {exc}", file=sys.stderr)
-        if server is not None:
-            print(server.output()[-3000:], file=sys.stderr)
         return 2
     finally:
-        if server is not None:
-            server_status = server.stop()
-            if server_status != 0:
-                print(f"load_test: the server exited with status {server_status} after SIGTERM:\n"
-                      f"{server.output()[-3000:]}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 1 if report["errors"] or report["inconsistent_answers"] or server_status != 0 else 0
+    result = reports[0] if len(reports) == 1 else {
+        "runs": reports, "throughput_ratio_tokens": reports[0]["throughput_tps"] / max(reports[1]["throughput_tps"],
+                                                                                       1e-9)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n".join(format_report(r) for r in reports))
+        if len(reports) > 1:
+            print(f"throughput ratio (tokens/s), batched / --max-batch 1: {result['throughput_ratio_tokens']:.2f}")
+    failed = any(r["errors"] or r["inconsistent_answers"] for r in reports) or any(statuses)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

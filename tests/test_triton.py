@@ -97,13 +97,14 @@ def reference(artifact):
 
 
 class _Server:
-    def __init__(self, artifact: str, log: Path):
-        self.port = _free_port()
+    def __init__(self, artifact: str, log: Path, *flags: str):
+        self.port, self.metrics_port, self.stats_port = _free_port(), _free_port(), _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         self.log = open(log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "serve", artifact, "--port", str(self.port)],
-                                     cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "exporter.cli", "serve", artifact, "--port", str(self.port),
+                                      "--metrics-port", str(self.metrics_port), "--stats-port", str(self.stats_port),
+                                      *flags], cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         self.log.flush()
@@ -178,6 +179,7 @@ def _inputs(prompt=PROMPT.encode(), image=None, max_new_tokens=STEPS, drop=None,
     for name, (array, dtype) in values.items():
         if name == drop:
             continue
+        array = array.reshape(1, *array.shape)  # reroute serve's model has max_batch_size 1: a batch of one
         tensor = httpclient.InferInput(name, list(array.shape), dtype)
         tensor.set_data_from_numpy(array)
         out.append(tensor)
@@ -567,7 +569,7 @@ def test_malformed_request_then_good_request(case, client, images, reference):
         client.infer("reroute", _inputs(**kwargs))
     assert needle in server_message(info.value), server_message(info.value)
     result = client.infer("reroute", _inputs(image=Path(images[3]).read_bytes()))
-    assert result.as_numpy("token_ids").tolist() == reference(images[3])["generated_token_ids"]
+    assert result.as_numpy("token_ids").reshape(-1).tolist() == reference(images[3])["generated_token_ids"]
 
 
 def test_client_cli_errors(server, images, capsys):
@@ -598,14 +600,20 @@ def test_serve_refuses_port_in_use(server, artifact):
 
 
 def test_load_test_script_small(artifact):
-    """2 clients x 3 requests against a server the script starts (and stops with SIGTERM) itself."""
+    """2 clients x 3 requests, arriving over 1 s, against servers the script starts (and stops with SIGTERM)
+    itself: batched, then --max-batch 1."""
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "load_test.py"), "--artifact", artifact,
                            "--clients", "2", "--requests", "3", "--max-new-tokens", "4", "--deadline", "120",
-                           "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                           "--arrival", "1", "--compare-max-batch-1", "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(done.stdout)
-    assert report["sent"] == 6 and report["ok"] == 6 and report["errors"] == 0
-    assert report["latency_s"]["p99"] >= report["latency_s"]["p50"] > 0 and report["throughput_rps"] > 0
+    result = json.loads(done.stdout)
+    assert [r["server_max_batch"] for r in result["runs"]] == [None, 1]
+    for report in result["runs"]:
+        assert report["sent"] == 6 and report["ok"] == 6 and report["errors"] == 0
+        assert report["latency_s"]["p99"] >= report["latency_s"]["p50"] > 0 and report["throughput_rps"] > 0
+        assert 0 < report["tokens"] <= 6 * 4 and report["inconsistent_answers"] == 0
+    assert result["throughput_ratio_tokens"] == result["runs"][0]["throughput_tps"] / result["runs"][1]["throughput_tps"]
 
 
 # -- shutdown (last: it stops the module's server) ---------------------------------------------------------------

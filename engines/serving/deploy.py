@@ -227,6 +227,10 @@ Start the server (Triton container; the Python backend needs numpy, pillow and t
 onnxruntime backend would give the graphs whose every tensor has a dynamic first dimension a
 `max_batch_size` of its own and then reject their explicit batch dimension.
 
+Readiness: probe `/v2/models/{PIPELINE_MODEL}/ready` (200 once the pipeline model is loaded and can
+answer; tritonserver loads every model of this repository before it listens, so `/v2/health/ready`
+agrees with it here). Metrics: `http://127.0.0.1:8002/metrics` (queue time, pending requests, latencies).
+
 Query it:
 
 ```bash

@@ -11,6 +11,10 @@ graphs need one ``visual_start`` and equal lengths), up to the artifact's
 differ (the batch runs to the largest and each answer is cut to its own).
 Batched and single runs give the same tokens on the tiny model (tests check
 it); ``--max-batch 1`` turns batching off.
+
+Deadlines. A job carries its deadline (``--timeout``): the worker drops a
+job whose deadline passed while it waited, and the handler stops waiting for
+an answer at the deadline, so the client gets a one-line "timed out" error.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -26,6 +31,7 @@ import numpy as np
 from ..backends import open_backend
 from ..errors import RerouteError
 from ..inputs import IMAGE_PLACEHOLDER, ImageError, decode_image, visual_span_start
+from .stats import ServeStats
 
 MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
 SERVE_BACKENDS = ("onnxruntime", "tensorrt")
@@ -33,6 +39,10 @@ SERVE_BACKENDS = ("onnxruntime", "tensorrt")
 
 class BadRequest(ValueError):
     """A request the server refuses; the message goes back to that client."""
+
+
+class DeadlineExceeded(Exception):
+    """A job whose deadline passed before the worker reached it."""
 
 
 class RequestRefused(Exception):
@@ -62,6 +72,10 @@ class Job:
     visual_start: int
     max_new_tokens: int
     future: Future = field(default_factory=Future)
+    deadline: float | None = None  # time.monotonic() after which nobody waits for the answer
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
 
     @property
     def key(self) -> tuple[int, int]:
@@ -147,8 +161,9 @@ class Pipeline:
 class MicroBatcher:
     """One worker thread runs jobs; waiting jobs with the same key go together, up to max_batch."""
 
-    def __init__(self, run, max_batch: int):
+    def __init__(self, run, max_batch: int, stats: ServeStats | None = None):
         self._run, self._max_batch = run, max_batch
+        self.stats = stats or ServeStats()
         self._pending: list[Job] = []
         self._cv = threading.Condition()
         self._closed = False
@@ -161,8 +176,24 @@ class MicroBatcher:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
             self._pending.append(job)
+            self.stats.set_queue_length(len(self._pending))
             self._cv.notify()
         return job.future
+
+    def _take_group(self) -> list[Job]:
+        """Drop the expired jobs, then take the oldest job and up to max_batch - 1 more with its key
+        (caller holds the lock)."""
+        now = time.monotonic()
+        for job in [j for j in self._pending if j.expired(now)]:
+            job.future.set_exception(DeadlineExceeded("the deadline passed while the request waited"))
+        self._pending = [j for j in self._pending if not j.expired(now)]
+        if not self._pending:
+            return []
+        key = self._pending[0].key
+        group = [j for j in self._pending if j.key == key][: self._max_batch]
+        self._pending = [j for j in self._pending if not any(j is g for g in group)]
+        self.stats.set_queue_length(len(self._pending))
+        return group
 
     def _loop(self) -> None:
         while True:
@@ -171,10 +202,11 @@ class MicroBatcher:
                     self._cv.wait()
                 if not self._pending:
                     return
-                key = self._pending[0].key
-                group = [j for j in self._pending if j.key == key][: self._max_batch]
-                self._pending = [j for j in self._pending if not any(j is g for g in group)]
+                group = self._take_group()
+            if not group:
+                continue
             self.batches.append(len(group))
+            self.stats.record_batch(len(group))
             try:
                 results = self._run(group)
             except Exception as exc:  # a failing run fails its own jobs, not the server
@@ -190,6 +222,7 @@ class MicroBatcher:
             for job in self._pending:
                 job.future.set_exception(RuntimeError("the server is shutting down"))
             self._pending = []
+            self.stats.set_queue_length(0)
             self._cv.notify_all()
         self._thread.join(timeout=30)
 
@@ -217,21 +250,41 @@ def _scalar(request, name: str, kind: str):
 
 
 class InferHandler:
-    """The PyTriton inference callable (one per Triton model instance; they share the batcher)."""
+    """The PyTriton inference callable (one per Triton model instance; they share the batcher).
 
-    def __init__(self, pipeline: Pipeline, batcher: MicroBatcher):
-        self.pipeline, self.batcher = pipeline, batcher
+    ``timeout``: seconds from the request reaching this handler to its answer (None: no deadline).
+    Triton's model is configured with ``max_batch_size: 1`` (so its queue policy can bound the
+    queue), hence every tensor arrives and leaves with a leading batch dimension of 1.
+    """
+
+    def __init__(self, pipeline: Pipeline, batcher: MicroBatcher, timeout: float | None = None):
+        self.pipeline, self.batcher, self.timeout = pipeline, batcher, timeout
 
     def __call__(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                job = self.pipeline.prepare(_scalar(request, "prompt", "bytes"), _scalar(request, "image", "bytes"),
-                                            _scalar(request, "max_new_tokens", "int"))
-            except BadRequest as exc:
-                # Not PyTritonUnrecoverableError: that would stop the model; this fails one request only.
-                raise RequestRefused(str(exc)) from None
-            tokens, text = self.batcher.submit(job).result()
-            responses.append({"text": np.array([text.encode("utf-8")], dtype=np.object_),
-                              "token_ids": np.asarray(tokens, dtype=np.int64)})
-        return responses
+        return [self._answer(request) for request in requests]
+
+    def _answer(self, request) -> dict:
+        arrived = time.monotonic()
+        stats = self.batcher.stats
+        try:
+            job = self.pipeline.prepare(_scalar(request, "prompt", "bytes"), _scalar(request, "image", "bytes"),
+                                        _scalar(request, "max_new_tokens", "int"))
+        except BadRequest as exc:
+            stats.record_outcome("refused")
+            # Not PyTritonUnrecoverableError: that would stop the model; this fails one request only.
+            raise RequestRefused(str(exc)) from None
+        if self.timeout is not None:
+            job.deadline = arrived + self.timeout
+        future = self.batcher.submit(job)
+        try:
+            tokens, text = future.result(timeout=None if job.deadline is None else
+                                         max(0.0, job.deadline - time.monotonic()))
+        except (TimeoutError, DeadlineExceeded):
+            stats.record_outcome("timed_out")
+            raise RequestRefused(f"timed out: no answer within the server's --timeout of {self.timeout:g} s") from None
+        except Exception:
+            stats.record_outcome("failed")
+            raise
+        stats.record_outcome("ok", time.monotonic() - arrived)
+        return {"text": np.array([[text.encode("utf-8")]], dtype=np.object_),
+                "token_ids": np.asarray([tokens], dtype=np.int64)}

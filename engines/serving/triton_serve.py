@@ -6,10 +6,23 @@ that runs :class:`engines.ort_runner.OrtBackend` (ONNX Runtime, CPU) through
 :func:`engines.generate.greedy_generate`, so a served request returns exactly
 the tokens ``reroute generate --backend onnxruntime`` computes.
 
-Model ``reroute`` (``max_batch_size: 0``, one request per Triton call):
-inputs ``prompt`` (BYTES [1], UTF-8, exactly one ``<image>``), ``image``
-(BYTES [1], an encoded image file), ``max_new_tokens`` (INT32 [1]); outputs
-``text`` (BYTES [1]) and ``token_ids`` (INT64 [-1]).
+Model ``reroute`` (``max_batch_size: 1``, one request per Triton call):
+inputs ``prompt`` (BYTES [1, 1], UTF-8, exactly one ``<image>``), ``image``
+(BYTES [1, 1], an encoded image file), ``max_new_tokens`` (INT32 [1, 1]);
+outputs ``text`` (BYTES [1, 1]) and ``token_ids`` (INT64 [1, -1]). The batch
+dimension of 1 is there because only a model with ``max_batch_size >= 1`` may
+have Triton's dynamic batcher, whose queue policy bounds the queue
+(``--max-queue``: beyond it Triton answers "Exceeds maximum queue size" at
+once, which ``reroute client`` reports as "server busy") and drops requests
+that waited past ``--timeout``. Generation batches are formed by
+:mod:`engines.serving.pipeline`, not by Triton.
+
+Readiness: Triton's ``/v2/health/ready`` says only that tritonserver is up
+(PyTriton loads the model after that); probe ``/v2/models/<name>/ready``.
+``reroute serve`` prints its "ready" line only after a real request through
+HTTP has been answered. Metrics: Triton's on ``--metrics-port``, ours
+(queue length, batch sizes, latencies; :mod:`engines.serving.stats`) on
+``--stats-port``.
 
 PyTriton quirks handled here: its Python-backend stub needs this interpreter's
 libpython (LD_LIBRARY_PATH), tensors go base64 over its sockets
@@ -42,15 +55,16 @@ import numpy as np
 
 from ..errors import RerouteError
 from .pipeline import InferHandler, MicroBatcher, Pipeline
+from .protocol import INSTALL_HINT, MODEL_NAME
+from .stats import ServeStats, start_stats_server
 
-MODEL_NAME = "reroute"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+DEFAULT_MAX_QUEUE = 32
 STARTUP_ATTEMPTS = 3
 # A model instance of PyTriton's proxy that could not reach the first instance's handshake server in its 1 s
 # (a timeout, or a refused connection while that server starts): a busy machine; starting again helps.
 HANDSHAKE_FAILURES = ("get_config_from_handshake_server", "Timeout occurred while waiting for config file")
-INSTALL_HINT = "pip install 'reroute[serve]' (nvidia-pytriton, tritonclient[http,grpc])"
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -193,6 +207,56 @@ class ServeOptions:
     model_name: str = MODEL_NAME
     threads: int | None = None
     plugins: bool = True
+    max_queue: int = DEFAULT_MAX_QUEUE
+    timeout: float | None = None  # seconds per request; None: no deadline
+    metrics_port: int | None = None  # None: port + 2 (Triton's own convention, 8000 / 8002)
+    stats_port: int | None = None  # None: metrics port + 1
+
+    def ports(self) -> tuple[int, int, int]:
+        """(HTTP, Triton metrics, our stats) ports, checked to be distinct."""
+        metrics = self.port + 2 if self.metrics_port is None else self.metrics_port
+        stats = metrics + 1 if self.stats_port is None else self.stats_port
+        if len({self.port, metrics, stats}) != 3:
+            raise RerouteError(f"--port, --metrics-port and --stats-port must differ, got {self.port}, {metrics}, "
+                               f"{stats}")
+        return self.port, metrics, stats
+
+    def check(self) -> None:
+        if not 1 <= self.max_queue <= 100_000:
+            raise RerouteError(f"--max-queue must be in [1, 100000], got {self.max_queue}")
+        if self.timeout is not None and not 0 < self.timeout <= 86_400:
+            raise RerouteError(f"--timeout must be in (0, 86400] seconds, got {self.timeout}")
+
+
+def _model_config(options: ServeOptions):
+    """Triton's model config: max_batch_size 1 and a dynamic batcher, for its queue policy only."""
+    from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, TimeoutAction
+
+    timeout_us = 0 if options.timeout is None else max(1, int(options.timeout * 1e6))
+    policy = QueuePolicy(timeout_action=TimeoutAction.REJECT, default_timeout_microseconds=timeout_us,
+                         allow_timeout_override=False, max_queue_size=options.max_queue)
+    return ModelConfig(batching=True, max_batch_size=1,
+                       batcher=DynamicBatcher(max_queue_delay_microseconds=0, default_queue_policy=policy))
+
+
+def _answer_once(host: str, port: int, model_name: str, timeout: float = 120.0) -> None:
+    """One real request through HTTP (a synthetic image, one new token): the model answers, or RerouteError."""
+    import io
+
+    from .protocol import infer, make_client, server_message
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 80, 40)).save(buf, format="PNG")
+    address = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    client = make_client(f"http://{address}:{port}" if ":" not in address else f"http://[{address}]:{port}", timeout)
+    try:
+        infer(client, "USER: <image>\nready? ASSISTANT:", buf.getvalue(), 1, model_name)
+    except Exception as exc:
+        raise RerouteError(f"the model did not answer its first request: {server_message(exc)}") from None
+    finally:
+        client.close()
 
 
 def serve(artifact_dir: str | os.PathLike, options: ServeOptions | None = None, log=None,
@@ -202,19 +266,23 @@ def serve(artifact_dir: str | os.PathLike, options: ServeOptions | None = None, 
     Signal handlers are installed only when called from the main thread.
     """
     options = options or ServeOptions()
-    host, port, backend, model_name = options.host, options.port, options.backend, options.model_name
+    host, backend, model_name = options.host, options.backend, options.model_name
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    check_port_free(host, port)
+    options.check()
+    port, metrics_port, stats_port = options.ports()
+    for p in (port, metrics_port, stats_port):
+        check_port_free(host, p)
     if not is_loopback(host):
         log(f"reroute serve: warning: listening on {host}, reachable beyond this machine")
     try:
-        from pytriton.model_config import ModelConfig, Tensor
+        from pytriton.model_config import Tensor
         from pytriton.triton import Triton, TritonConfig
     except ImportError as exc:
         raise RerouteError(f"reroute serve needs PyTriton ({exc}); {INSTALL_HINT}") from None
 
     pipeline = Pipeline(artifact_dir, backend, options.max_batch, options.threads, options.plugins)
-    batcher = MicroBatcher(pipeline.run, pipeline.max_batch)
+    stats = ServeStats()
+    batcher = MicroBatcher(pipeline.run, pipeline.max_batch, stats)
     stop = stop or threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -227,10 +295,12 @@ def serve(artifact_dir: str | os.PathLike, options: ServeOptions | None = None, 
     _quiet_pytriton_logs()
     workspace = tempfile.mkdtemp(prefix="reroute-triton-")
     triton_log = Path(workspace) / "tritonserver.log"
-    config = TritonConfig(http_address=host, http_port=port, allow_grpc=False, allow_metrics=False,
-                          exit_timeout_secs=5, log_verbose=0, log_file=triton_log)
-    handlers = [InferHandler(pipeline, batcher) for _ in range(pipeline.max_batch)]
-    triton, folders = None, set()
+    config = TritonConfig(http_address=host, http_port=port, allow_grpc=False, allow_metrics=True,
+                          allow_cpu_metrics=True, allow_gpu_metrics=False,
+                          metrics_port=metrics_port, exit_timeout_secs=5, log_verbose=0,
+                          log_file=triton_log)
+    handlers = [InferHandler(pipeline, batcher, options.timeout) for _ in range(pipeline.max_batch)]
+    triton, folders, stats_server = None, set(), None
     try:
         for attempt in range(1, STARTUP_ATTEMPTS + 1):
             if stop.is_set():
@@ -244,7 +314,7 @@ def serve(artifact_dir: str | os.PathLike, options: ServeOptions | None = None, 
                         Tensor(name="max_new_tokens", dtype=np.int32, shape=(1,))],
                 outputs=[Tensor(name="text", dtype=bytes, shape=(1,)),
                          Tensor(name="token_ids", dtype=np.int64, shape=(-1,))],
-                config=ModelConfig(batching=False),
+                config=_model_config(options),
                 strict=True,
             )
             try:
@@ -264,8 +334,13 @@ def serve(artifact_dir: str | os.PathLike, options: ServeOptions | None = None, 
                 log(f"reroute serve: Triton's model instances missed PyTriton's 1 s handshake (a busy CPU?); "
                     f"starting again ({attempt + 1}/{STARTUP_ATTEMPTS})")
         folders = _stub_model_folders(_processes_from(workspace))
-        log(f"reroute serve: model '{model_name}' ({pipeline.artifact.root}, {backend}, batch <= "
-            f"{pipeline.max_batch}) on http://{host}:{port}; Ctrl-C or SIGTERM stops it")
+        stats_server = start_stats_server(stats, host, stats_port)
+        _answer_once(host, port, model_name)  # "ready" means a request is answered, not only that Triton is up
+        log(f"reroute serve: ready: model '{model_name}' ({pipeline.artifact.root}, {backend}, batch <= "
+            f"{pipeline.max_batch}, queue <= {options.max_queue}, timeout "
+            f"{'none' if options.timeout is None else f'{options.timeout:g} s'}) on http://{host}:{port}; "
+            f"probe /v2/models/{model_name}/ready; metrics http://{host}:{metrics_port}/metrics, "
+            f"http://{host}:{stats_port}/metrics; Ctrl-C or SIGTERM stops it")
         while not stop.wait(0.5):
             if not triton.is_alive() and not stop.is_set():  # (a terminal's Ctrl-C reaches tritonserver too)
                 log(_log_tail(triton_log))
@@ -277,6 +352,8 @@ def serve(artifact_dir: str | os.PathLike, options: ServeOptions | None = None, 
                 triton.stop()
         finally:
             _clean_up_after_triton(workspace, folders)
+            if stats_server is not None:
+                stats_server.shutdown()
             batcher.close()
             pipeline.close()
             for sig, handler in previous.items():
