@@ -68,7 +68,9 @@ def stage_sizes(coeffs: StageCoefficients, num_visual: torch.Tensor) -> list[tup
     n = num_visual.reshape(1).to(torch.int64)  # [1]
     sizes: list[tuple[torch.Tensor, torch.Tensor]] = []
     for s, num in enumerate(coeffs.numerators):
-        k = torch.clamp(torch.div(n * num + EPSILON, DENOMINATOR, rounding_mode="floor"), min=1)  # [1]
+        # everything is >= 0, so truncating division is floor division; it exports as one Div node (floor
+        # mode adds a sign-correction subgraph) that TensorRT's shape arithmetic and the K bound follow
+        k = torch.clamp(torch.div(n * num + EPSILON, DENOMINATOR, rounding_mode="trunc"), min=1)  # [1]
         if coeffs.action == DELETE and s > 0:
             prev_k = sizes[-1][1]
             sizes.append((prev_k, torch.minimum(k, prev_k)))

@@ -155,7 +155,9 @@ def test_dynamic_prefill_equals_per_image_schedule_in_torch_and_onnxruntime(qwen
             "logits": {0: "B"}}
     axes.update({n: {0: "B", 2: f"n{i}"} for i, n in enumerate(graph.output_names()[1:1 + 56])})
     axes.update({n: {0: "B", 1: f"k{i}"} for i, n in enumerate(graph.output_names()[1 + 56:])})
-    session = _session(_export(graph, cases[0][0], tmp_path / "prefill.onnx", axes))
+    path = _export(graph, cases[0][0], tmp_path / "prefill.onnx", axes)
+    _check_topk_bounds(onnx.load(path), schedule)
+    session = _session(path)
     fed = {i.name for i in session.get_inputs()}
     assert fed == (set(graph.input_names()) if schedule.routed else {"inputs_embeds", "position_ids"})
     for args, expected in cases:  # one file, N_v 144 and 176
@@ -165,6 +167,20 @@ def test_dynamic_prefill_equals_per_image_schedule_in_torch_and_onnxruntime(qwen
             assert g.shape == tuple(e.shape)
         for g, e in zip(got[1 + 56:], expected[1 + 56:]):
             np.testing.assert_array_equal(g, e.numpy())
+
+
+def _check_topk_bounds(model, schedule):
+    """reroute check accepts the shape-derived K with N_v bounded by the manifest, and only then."""
+    from engines.trt_check import lint_model, manifest_dim_bounds
+
+    def topk_problems(bounds):
+        return [p.reason for p in lint_model(model, "prefill", shape_inputs=None, dim_bounds=bounds)
+                if "TopK" in p.reason]
+
+    assert topk_problems(manifest_dim_bounds({"capacity": {"max_visual_tokens": 3840}})) == []
+    if schedule.routed:  # two TopKs per decision
+        assert len(topk_problems({})) == 2 * len(schedule.layers)
+        assert any("over TensorRT's limit" in r for r in topk_problems({"N_v": 10**6}))
 
 
 class _PoolOps(torch.nn.Module):

@@ -74,6 +74,16 @@ class Family:
     def vision_encoder(self, hf_model):
         raise NotImplementedError
 
+    def vision_graph(self, hf_model):
+        """The vision module in export form (what ``export`` traces): LLaVA's takes pixel_values only."""
+        from graphs.export_graphs import VisionGraph
+
+        return VisionGraph(self.vision_encoder(hf_model))
+
+    def manifest_model_fields(self, config, processor) -> dict:
+        """Family-specific entries of the manifest's ``model`` section (none for fixed-resolution families)."""
+        return {}
+
     def merge_embedding(self, hf_model):
         from graphs.llava import MergeEmbedding
 

@@ -103,6 +103,26 @@ class Qwen2_5_VLFamily(Family):
 
         return QwenVisionEncoder(hf_model)
 
+    def vision_graph(self, hf_model):
+        """Export form: grid-dependent index tensors are inputs (graphs/qwen_vision_graph.py)."""
+        from graphs.qwen_vision_graph import QwenVisionGraph
+
+        return QwenVisionGraph(hf_model.model.visual)
+
+    def manifest_model_fields(self, config, processor) -> dict:
+        """What a runtime needs without transformers' config: the vision settings its preprocessing uses,
+        the pixel range (N_v <= max_pixels / 28^2 is the artifact's capacity) and the positions input."""
+        vision = config.vision_config
+        return {
+            "vision": {"patch_size": vision.patch_size, "spatial_merge_size": vision.spatial_merge_size,
+                       "window_size": vision.window_size, "temporal_patch_size": vision.temporal_patch_size},
+            "min_pixels": _min_pixels(processor), "max_pixels": _max_pixels(processor),
+            "max_visual_tokens": self.num_visual_tokens(config, processor),
+            "positions": {"input": "position_ids", "kind": "mrope", "shape": [3, "batch", "sequence"],
+                          "mrope_section": list(self.decoder_config(config).mrope_section)},
+            "visual_span_input": "visual_span",
+        }
+
 
 def check_prompt(prompt: str) -> None:
     if VIDEO_PAD in prompt:
