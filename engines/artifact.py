@@ -77,7 +77,12 @@ class Artifact:
     def processor(self):
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(self.root / self.manifest["processor_dir"], local_files_only=True)
+        directory = self.root / self.manifest["processor_dir"]
+        if self.manifest["model"].get("family") == "qwen2_5_vl":  # AutoProcessor would return the tokenizer alone
+            from .qwen_processor import load_images_only_processor
+
+            return load_images_only_processor(directory)
+        return AutoProcessor.from_pretrained(directory, local_files_only=True)
 
 
 def open_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:

@@ -25,6 +25,7 @@ from engines.graph_modules import build_graph_modules
 from engines.inputs import encode
 from engines.onnx_functions import OPSET, attach_pool_functions
 
+from . import export_dynamic
 from .inspect_model import make_schedule
 from .models import LoadedModel, load_model
 from .progress import Progress
@@ -64,6 +65,8 @@ def _dynamic_axes(name: str, module, num_layers: int) -> dict:
 
 def _example_inputs(loaded: LoadedModel, modules, dtype) -> dict[str, tuple]:
     """Real inputs for tracing, from one synthetic image and prompt, run through the torch graphs."""
+    if loaded.family.dynamic_visual_tokens:
+        return export_dynamic.example_inputs(loaded, modules, dtype)
     prompt, image = sample(0)
     inputs = encode(loaded.processor, [prompt], [image], loaded.image_token_id, loaded.num_visual)
     ids = torch.from_numpy(inputs.input_ids)
@@ -85,8 +88,11 @@ def _example_inputs(loaded: LoadedModel, modules, dtype) -> dict[str, tuple]:
     }
 
 
-def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int) -> None:
+def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int, dynamic: bool = False) -> None:
     import onnx
+
+    axes = _dynamic_axes(name, module, num_layers)
+    axes = export_dynamic.dynamic_axes(name, axes) if dynamic else axes
 
     scratch = directory / f".scratch-{name}"
     scratch.mkdir()
@@ -96,7 +102,7 @@ def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int
         torch.onnx.export(
             module, args, str(raw), dynamo=False, opset_version=OPSET,
             input_names=module.input_names(), output_names=module.output_names(),
-            dynamic_axes=_dynamic_axes(name, module, num_layers), do_constant_folding=True,
+            dynamic_axes=axes, do_constant_folding=True,
         )
     model = attach_pool_functions(onnx.load(str(raw)))
     _pin_kv_shapes(model, module)
@@ -157,19 +163,24 @@ def _manifest(loaded: LoadedModel, schedule, dtype_flag: str, directory: Path, m
     kv = [{"layer": i, "visual_tokens": v, "present_len": "sequence" if v == n_v else f"sequence - {n_v - v}"}
           for i, v in enumerate(schedule.visual_tokens_per_layer())]
     tok = loaded.processor.tokenizer
+    ops = ["PoolSelect", "PoolGather", "PoolScatter"]
+    extra_model, extra_capacity = {}, {}
+    if loaded.family.dynamic_visual_tokens:  # one artifact for every N_v up to max_visual_tokens
+        extra_model, extra_capacity = export_dynamic.manifest_entries(loaded)
+        ops = export_dynamic.DYNAMIC_OPS
     return {
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {
             "spec": loaded.spec, "source": loaded.source, "family": family_of(loaded.config).model_type,
             "decoder": cfg.to_dict(), "num_visual": loaded.num_visual, "image_token_id": loaded.image_token_id,
-            "eos_token_id": tok.eos_token_id,
+            "eos_token_id": tok.eos_token_id, **extra_model,
         },
-        "method": schedule.method, "ratio": schedule.ratio, "schedule": schedule.to_dict(),
+        "method": schedule.method, "ratio": schedule.ratio, "schedule": schedule.to_dict(exact=True),
         "dtype": DTYPE_NAMES[dtype_flag], "opset": OPSET,
-        "custom_domain": {"domain": "reroute", "ops": ["PoolSelect", "PoolGather", "PoolScatter"],
+        "custom_domain": {"domain": "reroute", "ops": ops,
                           "bodies": "ONNX local functions (standard ops)"},
-        "capacity": {"max_batch": max_batch, "max_sequence": max_sequence},
+        "capacity": {"max_batch": max_batch, "max_sequence": max_sequence, **extra_capacity},
         "graphs": graphs, "kv": kv, "processor_dir": "processor", "packages": installed_versions(MANIFEST_PACKAGES),
     }
 
@@ -217,6 +228,9 @@ def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, ou
         max_sequence = max_sequence or min(2048, limit)
         if not (loaded.num_visual + 2 <= max_sequence <= limit):
             raise RerouteError(f"--max-sequence must be in [{loaded.num_visual + 2}, {limit}], got {max_sequence}")
+        if loaded.family.dynamic_visual_tokens and not export_dynamic.max_visual_tokens_ok(loaded.num_visual):
+            raise RerouteError(f"max_pixels allows {loaded.num_visual} visual tokens per image; TensorRT's TopK "
+                               f"takes at most 3840: lower max_pixels in the processor")
     tmp = _make_temp_beside(target)
     try:
         with progress("tracing example inputs"):
@@ -224,7 +238,8 @@ def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, ou
             examples = _example_inputs(loaded, modules, DTYPES[dtype])
         for name in GRAPHS:
             with progress(f"exporting {name}.onnx"):
-                _export_one(name, modules[name], examples[name], tmp, loaded.decoder_config.num_layers)
+                _export_one(name, modules[name], examples[name], tmp, loaded.decoder_config.num_layers,
+                            loaded.family.dynamic_visual_tokens)
         with progress("storing the decoder weights once for prefill and decode"):
             _share_decoder_weights(tmp)
         with progress("writing manifest and processor"):

@@ -37,13 +37,13 @@ class Qwen2_5_VLFamily(Family):
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        from ..presets_qwen import images_only_processor
+        from engines.qwen_processor import images_only_processor, saved_chat_template
 
         kwargs = {"local_files_only": local_only, "trust_remote_code": False}
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(source, **kwargs)
-        return model.eval(), images_only_processor(image_processor, tokenizer, _chat_template(source, tokenizer))
+        return model.eval(), images_only_processor(image_processor, tokenizer, saved_chat_template(source, tokenizer))
 
     def decoder_config(self, config) -> DecoderConfig:
         text = config.text_config
@@ -200,23 +200,6 @@ def _min_pixels(processor) -> int:
 
     size = getattr(getattr(processor, "image_processor", None), "size", None) or {}
     return int(size.get("shortest_edge", MIN_PIXELS))
-
-
-def _chat_template(source: str, tokenizer) -> str | None:
-    """The checkpoint's chat template: the tokenizer's, else the processor-level file of a directory."""
-    import json
-    import os
-
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.chat_template
-    jinja, js = os.path.join(source, "chat_template.jinja"), os.path.join(source, "chat_template.json")
-    if os.path.isfile(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            return f.read()
-    if os.path.isfile(js):
-        with open(js, encoding="utf-8") as f:
-            return json.load(f).get("chat_template")
-    return None
 
 
 QWEN2_5_VL = Qwen2_5_VLFamily(
