@@ -244,6 +244,8 @@ def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, ou
             _share_decoder_weights(tmp)
         with progress("writing manifest and processor"):
             loaded.processor.save_pretrained(tmp / "processor")
+            if loaded.family.dynamic_visual_tokens:  # its preprocessing needs the config (engines/artifact.py)
+                loaded.config.save_pretrained(tmp / "processor")
             manifest = _manifest(loaded, schedule, dtype, tmp, max_batch, max_sequence)
             manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             (tmp / MANIFEST).write_text(__import__("json").dumps(manifest, indent=2))
