@@ -1,0 +1,138 @@
+"""One exported Qwen2.5-VL artifact answers images of different sizes (different N_v) through ONNX Runtime.
+
+Parity (fp32 1e-4, 100% routing agreement, identical greedy sequences over 32 steps on 10 samples),
+``generate --backend onnxruntime`` equal to the torch reference, ``reroute check`` accepting the
+shape-derived TopK K, and one-line errors (exit 2) for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from exporter.cli import main
+from exporter.models import load_model
+from exporter.onnx_export import export_artifact
+from exporter.samples import synthetic_image
+
+SIZES = {144: (336, 336), 176: (448, 308)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def qwen_tiny():
+    return load_model("qwen2.5-vl-tiny")
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory, qwen_tiny):
+    out = tmp_path_factory.mktemp("qwen-art") / "reroute"
+    path, _ = export_artifact("qwen2.5-vl-tiny", "reroute", 0.25, out=str(out), parity_samples=0, max_batch=2,
+                              quiet=True, loaded=qwen_tiny)
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("qwen-images")
+    paths = {}
+    for n, size in SIZES.items():
+        paths[n] = folder / f"{n}.png"
+        synthetic_image(n, size).save(paths[n])
+    return paths
+
+
+def test_manifest_states_positions_capacity_and_family(artifact):
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["model"]["family"] == "qwen2_5_vl"
+    assert manifest["model"]["positions"]["input"] == "position_ids"
+    assert manifest["model"]["positions"]["shape"] == [3, "batch", "sequence"]
+    assert manifest["capacity"]["max_pixels"] == 451584 and manifest["capacity"]["max_visual_tokens"] == 576
+    assert manifest["custom_domain"]["ops"] == ["PoolSelectDynamic", "PoolGatherDynamic", "PoolScatterDynamic"]
+    prefill = {t["name"]: t["shape"] for t in manifest["graphs"]["prefill"]["inputs"]}
+    assert prefill["visual_span"] == ["N_v"] and prefill["position_ids"] == [3, "batch", "sequence"]
+
+
+def test_parity_ten_samples_of_several_sizes(artifact, qwen_tiny):
+    from engines.artifact import open_artifact
+    from exporter.parity import _encode_samples, run_parity
+
+    opened = open_artifact(artifact)
+    counts = {x.num_visual for x in _encode_samples(opened, opened.processor(), 10, qwen_tiny)}
+    assert len(counts) >= 2  # the samples' images give different N_v
+    report = run_parity(artifact, ["torch", "onnxruntime"], samples=10, steps=32, loaded=qwen_tiny)
+    assert report["passed"], report
+    ort = report["tokens"]["onnxruntime"]
+    assert ort["identical"] == ort["of"] == 10
+    assert all(r["agree"] == r["of"] for r in report["routing"]["onnxruntime"].values())
+    assert report["graphs"]["prefill"]["onnxruntime"]["logits"]["max_abs"] <= 1e-4
+
+
+def _generate(capsys, *args):
+    assert main(["generate", *args, "--prompt", "What is shown?", "--chat", "--max-new-tokens", "16",
+                 "--ignore-eos", "--json"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_generate_onnxruntime_equals_torch_on_two_sizes(capsys, artifact, images):
+    for n, path in images.items():
+        ort = _generate(capsys, "--artifact", str(artifact), "--backend", "onnxruntime", "--image", str(path))
+        ref = _generate(capsys, "--model", "qwen2.5-vl-tiny", "--method", "reroute", "--ratio", "0.25",
+                        "--image", str(path))
+        assert ort["generated_token_ids"] == ref["generated_token_ids"]
+        assert ort["selected_indices"] == ref["selected_indices"]
+        assert ort["kv_tokens_per_layer"] == ref["kv_tokens_per_layer"]
+        assert len(ort["selected_indices"][0]) == max(1, int(n * json.loads(
+            (artifact / "manifest.json").read_text())["schedule"]["keep_ratios"][0] + 1e-9))
+
+
+def test_check_tensorrt_accepts_the_bounded_shape_derived_k(capsys, artifact, tmp_path):
+    from engines.trt_check import check_artifact
+
+    assert not [p for p in check_artifact(artifact) if "TopK" in p.reason]
+    # without the manifest's bound, the same graphs are refused: K is then unbounded
+    copy = tmp_path / "unbounded"
+    shutil.copytree(artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["capacity"]["max_visual_tokens"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    reasons = [p.reason for p in check_artifact(copy) if "TopK" in p.reason]
+    assert reasons and all("proven bound" in r for r in reasons)
+
+
+def test_image_over_capacity_is_one_line_exit_2(capsys, artifact, images, tmp_path):
+    copy = tmp_path / "small"
+    shutil.copytree(artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["capacity"].update(max_visual_tokens=150, max_pixels=150 * 28 * 28)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["generate", "--artifact", str(copy), "--backend", "onnxruntime", "--image", str(images[176]),
+                 "--prompt", "Hi", "--chat"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "176 visual tokens" in err and "capacity of 150" in err
+
+
+def test_batch_mixing_visual_token_counts_is_refused(artifact, images):
+    from engines.artifact import open_artifact
+    from engines.errors import RerouteError
+    from engines.inputs import chat_prompt, load_image
+    from exporter.generation import ArtifactEncoder
+
+    opened = open_artifact(artifact)
+    processor = opened.processor()
+    encoder = ArtifactEncoder.of(opened, processor)
+    prompt = chat_prompt(processor, "Hi", encoder.family.placeholder)
+    with pytest.raises(RerouteError, match="same number of visual tokens"):
+        encoder.encode([prompt, prompt], [load_image(images[144]), load_image(images[176])])
+    assert np.array_equal(encoder.encode([prompt], [load_image(images[144])]).image_grid_thw, [[1, 24, 24]])
