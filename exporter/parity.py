@@ -23,7 +23,7 @@ from engines.artifact import GRAPHS, Artifact, open_artifact
 from engines.backends import open_backend
 from engines.errors import ParityFailure, RerouteError
 from engines.generate import generate_inputs
-from engines.inputs import IMAGE_PLACEHOLDER, encode
+from engines.inputs import IMAGE_PLACEHOLDER, encode, stack_inputs
 
 from .registry import FAMILIES
 from .samples import sample
@@ -253,20 +253,7 @@ def _batches(inputs_list, max_batch: int):
     for members in groups.values():
         for start in range(0, len(members), max_batch):
             chunk = members[start : start + max_batch]
-            yield chunk, _stack([inputs_list[i] for i in chunk])
-
-
-def _stack(parts):
-    """One PromptInputs from samples of one shape (pixel rows concatenate for both layouts)."""
-    import dataclasses
-
-    def cat(name, axis=0):
-        values = [getattr(p, name) for p in parts]
-        return None if values[0] is None else np.concatenate(values, axis=axis)
-
-    return dataclasses.replace(parts[0], input_ids=cat("input_ids"), pixel_values=cat("pixel_values"),
-                               image_grid_thw=cat("image_grid_thw"), position_ids=cat("position_ids", axis=1),
-                               rope_delta=cat("rope_delta"))
+            yield chunk, stack_inputs([inputs_list[i] for i in chunk])
 
 
 def _greedy_all(backend, inputs_list, steps: int, max_batch: int) -> list[list[int]]:

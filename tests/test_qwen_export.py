@@ -136,3 +136,46 @@ def test_batch_mixing_visual_token_counts_is_refused(artifact, images):
     with pytest.raises(RerouteError, match="same number of visual tokens"):
         encoder.encode([prompt, prompt], [load_image(images[144]), load_image(images[176])])
     assert np.array_equal(encoder.encode([prompt], [load_image(images[144])]).image_grid_thw, [[1, 24, 24]])
+
+
+def test_serving_pipeline_batches_by_visual_tokens_and_matches_generate(capsys, artifact, images):
+    """The request side of ``reroute serve``: Qwen prompts are checked with the family's rules, jobs batch
+    only with equal N_v, and the tokens are generate's."""
+    from engines.serving.pipeline import BadRequest, Pipeline
+
+    pipeline = Pipeline(artifact, max_batch=2, threads=1)
+    try:
+        prompt = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is shown?<|im_end|>\n"
+                  "<|im_start|>assistant\n")
+        jobs = {n: pipeline.prepare(prompt.encode(), path.read_bytes(), 8) for n, path in images.items()}
+        assert jobs[144].key != jobs[176].key  # same length and position, different N_v: never one batch
+        for n, path in images.items():
+            (tokens, _), = pipeline.run([jobs[n]])
+            assert main(["generate", "--artifact", str(artifact), "--backend", "onnxruntime", "--image", str(path),
+                         "--prompt", prompt, "--max-new-tokens", "8", "--json"]) == 0
+            want = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert tokens == want["generated_token_ids"]
+        with pytest.raises(BadRequest, match="exactly one <\\|image_pad\\|>"):
+            pipeline.prepare(b"USER: <image> what?", images[144].read_bytes(), 4)
+    finally:
+        pipeline.close()
+
+
+def test_served_tokens_match_generate(capsys, artifact, images, tmp_path):
+    pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed (pip install 'reroute[serve]')")
+    pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+    from engines.serving.client import client_generate
+    from tests.test_triton import _Server
+
+    prompt = "<|vision_start|><|image_pad|><|vision_end|>Describe it."
+    server = _Server(str(artifact), tmp_path / "serve.log")
+    try:
+        assert server.wait_ready(), server.output()[-3000:]
+        for path in images.values():
+            got = client_generate(server.url, str(path), prompt, 8)
+            assert main(["generate", "--artifact", str(artifact), "--backend", "onnxruntime", "--image", str(path),
+                         "--prompt", prompt, "--max-new-tokens", "8", "--json"]) == 0
+            want = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert got["generated_token_ids"] == want["generated_token_ids"]
+    finally:
+        server.stop()
