@@ -179,3 +179,24 @@ def test_served_tokens_match_generate(capsys, artifact, images, tmp_path):
             assert got["generated_token_ids"] == want["generated_token_ids"]
     finally:
         server.stop()
+
+
+def test_plugin_form_lints_and_build_profiles_cover_every_input(artifact):
+    """The plugin form keeps the dynamic pool ops as functions (TensorRT inlines them; no CUDA plugin for
+    them yet) and lints clean; the default profiles name every graph input with its rank, N_v up to capacity."""
+    from engines.artifact import GRAPHS, open_artifact
+    from engines.trt_build import default_profiles
+    from engines.trt_check import check_artifact
+
+    assert not [p for p in check_artifact(artifact, plugins=True) if "TopK" in p.reason or "importer" in p.reason]
+    opened = open_artifact(artifact)
+    for graph in GRAPHS:
+        profile = default_profiles(opened, graph)
+        inputs = {t["name"]: t["shape"] for t in opened.manifest["graphs"][graph]["inputs"]}
+        assert set(profile) == set(inputs), graph
+        for name, triple in profile.items():
+            if name == "visual_start":  # a shape input: the triple holds values
+                continue
+            assert all(len(shape) == len(inputs[name]) for shape in triple), name
+            assert all(lo <= hi for lo, hi in zip(triple[0], triple[2])), name
+    assert default_profiles(opened, "prefill")["visual_span"][2] == (576,)
