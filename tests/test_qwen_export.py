@@ -215,3 +215,20 @@ def test_routing_map_on_the_images_own_grid(qwen_tiny, images, tmp_path):
         for layer in summary["per_layer"]:
             assert layer["active"] + layer["re-entered"] + layer["deferred"] == n
         assert Image.open(out).size[0] > 0
+
+
+def test_bench_runs_on_qwen_with_exact_kv_bytes(qwen_tiny):
+    """``reroute bench`` on a Qwen2.5-VL model: the bench image's own N_v (144), both backends, KV bytes
+    measured equal to the prediction, routed prefill and decode timed against the unrouted model."""
+    from exporter.bench.options import BenchOptions
+    from exporter.bench.run import run_bench
+
+    report = run_bench(BenchOptions(model="qwen2.5-vl-tiny", methods=["reroute"], ratios=[0.25], runs=1, warmup=0,
+                                    decode_steps=2, min_cpu_share=0.0, quiet=True), loaded=qwen_tiny)
+    assert report["num_visual"] == 144
+    rows = {(r["method"], r["backend"]): r for r in report["results"]}
+    assert set(rows) == {(m, b) for m in ("none", "reroute") for b in ("torch", "onnxruntime")}
+    for row in rows.values():
+        assert row["kv_bytes"]["match"], row["kv_bytes"]
+    assert rows[("reroute", "onnxruntime")]["schedule"]["k"] == [43, 43, 21, 10]  # floor(144 r_s)
+    assert rows[("reroute", "torch")]["first_token"] == rows[("reroute", "onnxruntime")]["first_token"]
