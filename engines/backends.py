@@ -8,9 +8,10 @@ from .errors import RerouteError
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-no-plugins")
 
 
-def open_backend(name: str, artifact, model=None, plugins: bool = True, threads: int | None = None):
+def open_backend(name: str, artifact, model=None, plugins: bool = True, threads: int | None = None,
+                 device: str = "cpu"):
     """``model``: the loaded checkpoint (exporter.models.LoadedModel), needed by ``torch`` only;
-    ``threads``: ONNX Runtime intra-op threads (None: its default)."""
+    ``threads``: ONNX Runtime intra-op threads (None: its default); ``device``: where the torch reference runs."""
     if name == "torch":
         import torch
 
@@ -18,7 +19,7 @@ def open_backend(name: str, artifact, model=None, plugins: bool = True, threads:
 
         if model is None:
             raise RerouteError("the torch backend runs the checkpoint, not the artifact: give the loaded model")
-        return TorchBackend(model, artifact.schedule, getattr(torch, artifact.dtype))
+        return TorchBackend(model, artifact.schedule, getattr(torch, artifact.dtype), device)
     if name == "onnxruntime":
         from .ort_runner import OrtBackend
 

@@ -26,34 +26,55 @@ def _source_index(n: int, p: int, selected: np.ndarray, v0: int) -> np.ndarray:
     return src
 
 
+def pool_scores_ref(q_last, keys, v0: int, num_candidates: int, scale) -> np.ndarray:
+    """[B, P] fp32: head-averaged softmax row of the last query over the candidate span."""
+    b, h, hd = q_last.shape
+    kvh, n = keys.shape[1], keys.shape[2]
+    q = q_last.astype(np.float32).reshape(b, kvh, h // kvh, hd)
+    logits = np.einsum("bgqd,bgnd->bgqn", q, keys.astype(np.float32)) * np.float32(scale)
+    logits -= logits.max(-1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(-1, keepdims=True)
+    row = probs.reshape(b, h, n).mean(1)  # [B, n]
+    return row[:, v0 : v0 + num_candidates]
+
+
+def pool_select_ref(q_last, keys, v0: int, k: int, num_candidates: int, scale) -> np.ndarray:
+    """[B, k] int64: the k best candidates (score desc, then index asc), ascending."""
+    scores = pool_scores_ref(q_last, keys, v0, num_candidates, scale)
+    out = np.empty((scores.shape[0], k), dtype=np.int64)
+    for i in range(scores.shape[0]):
+        order = np.lexsort((np.arange(num_candidates), -scores[i]))  # score desc, then index asc
+        out[i] = np.sort(order[:k])
+    return out
+
+
+def pool_gather_ref(x, selected, v0: int, num_candidates: int) -> np.ndarray:
+    src = _source_index(x.shape[1], num_candidates, selected, v0)
+    return np.take_along_axis(x, src.reshape(src.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def pool_scatter_ref(x, compact, selected, v0: int, num_candidates: int) -> np.ndarray:
+    src = _source_index(x.shape[1], num_candidates, selected, v0)
+    out = x.copy()
+    index = np.broadcast_to(src.reshape(src.shape + (1,) * (x.ndim - 2)), compact.shape)
+    np.put_along_axis(out, index, compact, axis=1)
+    return out
+
+
 class PoolSelect(OpRun):
     op_domain = "reroute"
 
     def _run(self, q_last, keys, visual_start, k=None, num_candidates=None, scale=None,
              plugin_namespace=None, plugin_version=None):
-        b, h, hd = q_last.shape
-        kvh, n = keys.shape[1], keys.shape[2]
-        v0 = int(visual_start.reshape(-1)[0])
-        q = q_last.astype(np.float32).reshape(b, kvh, h // kvh, hd)
-        logits = np.einsum("bgqd,bgnd->bgqn", q, keys.astype(np.float32)) * np.float32(scale)
-        logits -= logits.max(-1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(-1, keepdims=True)
-        row = probs.reshape(b, h, n).mean(1)  # [B, n]
-        scores = row[:, v0 : v0 + num_candidates]
-        out = np.empty((b, k), dtype=np.int64)
-        for i in range(b):
-            order = np.lexsort((np.arange(num_candidates), -scores[i]))  # score desc, then index asc
-            out[i] = np.sort(order[:k])
-        return (out,)
+        return (pool_select_ref(q_last, keys, int(visual_start.reshape(-1)[0]), k, num_candidates, scale),)
 
 
 class PoolGather(OpRun):
     op_domain = "reroute"
 
     def _run(self, x, selected, visual_start, num_candidates=None, plugin_namespace=None, plugin_version=None):
-        src = _source_index(x.shape[1], num_candidates, selected, int(visual_start.reshape(-1)[0]))
-        return (np.take_along_axis(x, src[..., None], axis=1),)
+        return (pool_gather_ref(x, selected, int(visual_start.reshape(-1)[0]), num_candidates),)
 
 
 class PoolScatter(OpRun):
@@ -61,10 +82,7 @@ class PoolScatter(OpRun):
 
     def _run(self, x, compact, selected, visual_start, num_candidates=None, plugin_namespace=None,
              plugin_version=None):
-        src = _source_index(x.shape[1], num_candidates, selected, int(visual_start.reshape(-1)[0]))
-        out = x.copy()
-        np.put_along_axis(out, np.broadcast_to(src[..., None], compact.shape), compact, axis=1)
-        return (out,)
+        return (pool_scatter_ref(x, compact, selected, int(visual_start.reshape(-1)[0]), num_candidates),)
 
 
 class PoolSelectDynamic(OpRun):

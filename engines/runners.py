@@ -30,12 +30,14 @@ def _torch_runner_base():
 
 
 class TorchGraphRunner(_torch_runner_base()):
-    """Runs one graph module (graphs/export_graphs.py) on CPU with torch; outputs by the graph's names."""
+    """Runs one graph module (graphs/export_graphs.py) with torch on ``device`` (the module must be there);
+    outputs by the graph's names, as host numpy arrays."""
 
-    def __init__(self, module, inputs_spec: list[dict], name: str | None = None):
+    def __init__(self, module, inputs_spec: list[dict], name: str | None = None, device="cpu"):
         super().__init__(name=name or f"torch-{type(module).__name__}", prefix="torch-runner")
         self.module = module
         self.inputs_spec = inputs_spec
+        self.device = device
 
     def activate_impl(self):
         pass
@@ -50,11 +52,13 @@ class TorchGraphRunner(_torch_runner_base()):
         import torch
 
         # feed what the exported graph takes (an unrouted prefill has no visual_start input)
-        kwargs = {name: torch.from_numpy(np.ascontiguousarray(feed_dict[name])) for name in self.module.input_names()
-                  if name in feed_dict}
+        kwargs = {name: torch.from_numpy(np.ascontiguousarray(feed_dict[name])).to(self.device)
+                  for name in self.module.input_names() if name in feed_dict}
         start = time.perf_counter()
         with torch.inference_mode():
             outs = self.module(**kwargs)
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()  # CUDA launches are asynchronous: time the work, not the launch
         self.inference_time = time.perf_counter() - start
         outs = outs if isinstance(outs, tuple) else (outs,)
-        return OrderedDict((n, o.numpy().copy()) for n, o in zip(self.module.output_names(), outs))
+        return OrderedDict((n, o.cpu().numpy().copy()) for n, o in zip(self.module.output_names(), outs))

@@ -13,6 +13,7 @@ def cmd_bench(args) -> int:
     from engines.errors import RerouteError
 
     from .bench import BenchOptions, format_bench, run_bench, write_json
+    from .devices import torch_options
 
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not out.is_dir():
@@ -21,7 +22,8 @@ def cmd_bench(args) -> int:
         args.model, args.methods, args.ratios, args.backends, runs=args.runs, warmup=args.warmup,
         decode_steps=args.decode_steps, text_tokens=args.text_tokens, fidelity=args.fidelity,
         fidelity_samples=args.fidelity_samples, fidelity_steps=args.fidelity_steps, artifacts=args.artifacts,
-        profile_ratios=args.profile or (), quiet=args.quiet or args.json, min_cpu_share=args.min_cpu_share))
+        profile_ratios=args.profile or (), quiet=args.quiet or args.json, min_cpu_share=args.min_cpu_share,
+        torch_options=torch_options(args)))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(report, out / "bench_results.json")
@@ -32,6 +34,7 @@ def cmd_bench(args) -> int:
 def register(sub, parser_class) -> None:
     """Add ``bench`` to ``reroute``'s subparsers."""
     from .bench import BACKENDS, DEFAULT_METHODS
+    from .devices import add_device_args
 
     p = sub.add_parser("bench", help="latency, memory, KV bytes and FLOPs per method x ratio x backend")
     p.add_argument("--model", required=True, help="llava, a preset (llava-tiny, llava-bench), HF id or directory")
@@ -40,6 +43,7 @@ def register(sub, parser_class) -> None:
     p.add_argument("--ratios", type=ratio_list, default=[1 / 3, 2 / 9, 1 / 9, 0.25],
                    help="comma-separated average visual ratios (default 1/3,2/9,1/9,0.25)")
     p.add_argument("--backends", type=comma_list, default=list(BACKENDS), help="torch,onnxruntime (default both)")
+    add_device_args(p)
     p.add_argument("--runs", type=int, default=3, help="timed runs per config (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per config (default 1)")
     p.add_argument("--min-cpu-share", type=float, default=0.9,

@@ -48,6 +48,12 @@ def _schedule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-ratios", type=_float_list, help="explicit keep ratios, one per decision layer")
 
 
+def _device_args(p: argparse.ArgumentParser, dtype: bool = True) -> None:
+    from .devices import add_device_args
+
+    add_device_args(p, dtype)
+
+
 def cmd_inspect(args) -> int:
     from .inspect_model import format_report, inspect_report
 
@@ -73,9 +79,12 @@ def _dynamic(model: str) -> bool:
 
 
 def cmd_generate(args) -> int:
+    from .devices import torch_options
     from .generation import ArtifactEncoder, run_generate, save_logits, torch_backend
 
     loaded = None
+    if args.backend != "torch" and (args.device != "cpu" or args.torch_dtype):
+        raise RerouteError("--device / --torch-dtype apply to --backend torch only")
     if args.backend != "torch":
         from engines.backends import artifact_backend
 
@@ -86,7 +95,8 @@ def cmd_generate(args) -> int:
     else:
         if not args.model:
             raise RerouteError("--backend torch needs --model (or give --artifact with --backend onnxruntime)")
-        loaded, backend = torch_backend(args.model, args.method, args.ratio, args.layers, args.keep_ratios)
+        options = torch_options(args)  # checks --device before the model loads
+        loaded, backend = torch_backend(args.model, args.method, args.ratio, args.layers, args.keep_ratios, **options)
         processor, image_token_id, num_visual = loaded.processor, loaded.image_token_id, loaded.num_visual
         eos, artifact = processor.tokenizer.eos_token_id, None
     try:
@@ -106,12 +116,19 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .onnx_export import export_artifact
+    from .onnx_export import ExportOptions, ExportStageError, export_artifact
     from .parity import format_report
 
-    path, report = export_artifact(args.model, args.method, args.ratio, args.out, args.dtype, args.force,
-                                   args.layers, args.keep_ratios, args.max_batch, args.max_sequence,
-                                   args.parity_samples, args.quiet)
+    options = ExportOptions(args.model, args.method, args.ratio, args.out, args.dtype, args.force, args.layers,
+                            args.keep_ratios, args.max_batch, args.max_sequence, args.parity_samples, args.quiet)
+    try:
+        path, report = export_artifact(options)
+    except ExportStageError as exc:
+        if args.debug:  # the one-line error stays; the internal traceback behind it is shown on request
+            import traceback
+
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
+        raise
     print(f"exported {path}")
     if report is not None:
         print(format_report(report))
@@ -123,8 +140,10 @@ def cmd_parity(args) -> int:
     from .parity import format_report, run_parity, write_report
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    report = run_parity(args.artifact, backends, args.samples, args.steps,
-                        save_run_results=args.save_run_results, plugins=not args.no_plugins)
+    from .devices import torch_device
+
+    report = run_parity(args.artifact, backends, args.samples, args.steps, save_run_results=args.save_run_results,
+                        plugins=not args.no_plugins, device=torch_device(args.device))
     if args.report:
         write_report(report, args.report)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -194,14 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens tokens")
     p.add_argument("--json", action="store_true")
     p.add_argument("--dump-logits", metavar="FILE.npy", help="save the prefill's last-position logits")
+    _device_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("export", help="export ONNX graphs (vision, embed, prefill, decode) + manifest")
     p.add_argument("--model", required=True)
     _schedule_args(p)
     p.add_argument("--out", help="output folder (default artifacts/<model>-<method>-r<ratio>)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16"],
+                   help="auto (default): fp16 for llava and fp16 checkpoints, fp32 for presets")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     p.add_argument("--max-batch", type=int, default=4, help="largest batch the artifact accepts")
     p.add_argument("--max-sequence", type=int, help="prompt + generated tokens capacity (default min(2048, model))")
     p.add_argument("--parity-samples", type=int, default=2, help="samples for the closing parity report (0: skip)")
@@ -234,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="also write the JSON report to this file")
     p.add_argument("--save-run-results", metavar="DIR", help="save Polygraphy RunResults JSON per graph")
     p.add_argument("--no-plugins", action="store_true", help="TensorRT: use the no-plugin engines")
+    _device_args(p, dtype=False)  # the reference keeps the artifact's dtype
     p.set_defaults(func=cmd_parity)
     from .serving_cli import register as _register_serving; _register_serving(sub, _Parser)
     from .bench_cli import register as _register_bench; _register_bench(sub, _Parser)

@@ -17,13 +17,13 @@ from .models import load_model
 MAX_NEW_TOKENS_LIMIT = 4096
 
 
-def torch_backend(model: str, method: str, ratio: float, layers=None, keep_ratios=None):
-    """(loaded model, TorchBackend) for a model spec and a schedule."""
+def torch_backend(model: str, method: str, ratio: float, layers=None, keep_ratios=None, **options):
+    """(loaded model, TorchBackend) for a model spec and a schedule; ``options``: device, dtype."""
     from engines.torch_runner import TorchBackend
 
     loaded = load_model(model)
     schedule = make_schedule(loaded.config, method, ratio, layers, keep_ratios)
-    return loaded, TorchBackend(loaded, schedule)
+    return loaded, TorchBackend(loaded, schedule, **options)
 
 
 class ArtifactEncoder:

@@ -97,19 +97,66 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
     source = ALIASES.get(spec, spec)
     try:
         family = family_of(load_config(spec))
+        _quiet_transformers()
         model, processor = family.from_pretrained(source, local_only=kind in ("dir", "alias"), dtype=dtype)
     except RerouteError:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
         if kind == "alias":
-            raise RerouteError(
-                f"{spec} weights ({source}) are not in the local HF cache and the hub is unreachable; "
-                f"use --model {family.tiny_preset}, or a local directory written by save_pretrained"
-            ) from None
+            raise _weights_missing(spec, source) from None
         raise RerouteError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
     return LoadedModel(spec, source if kind != "dir" else str(Path(spec).resolve()), model, processor)
+
+
+def _weights_missing(spec: str, source: str) -> RerouteError:
+    family = family_of_alias(spec)
+    title, tiny = family.alias_titles.get(spec, spec), family.tiny_preset
+    return RerouteError(f"{title} weights ({source}) are not in the local HF cache and the hub is unreachable; "
+                        f"use --model {tiny}, or a local directory written by save_pretrained")
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its per-tensor loading bar floods the terminal; ours reports stages
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def weights_dir(spec: str) -> Path | None:
+    """The folder holding ``spec``'s safetensors (None for presets, which have no files).
+
+    ``llava`` and hub ids resolve to their local HF-cache snapshot; nothing is downloaded for ``llava``.
+    """
+    kind = _kind(spec)
+    if kind == "preset":
+        return None
+    if kind == "dir":
+        return Path(spec).resolve()
+    source = ALIASES.get(spec, spec)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=kind == "alias",
+                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:  # the hub client raises many types (offline, missing, gated)
+        if kind == "alias":
+            raise _weights_missing(spec, source) from None
+        raise RerouteError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
+
+
+def load_processor(spec: str, directory: Path | None):
+    """The model's processor: the preset's offline one, or the one saved beside the weights."""
+    if directory is None:
+        from .presets import PRESETS, build_processor
+
+        return build_processor(PRESETS[spec]["text"]["vocab_size"])
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise RerouteError(f"cannot load the processor of {spec!r}: {_first_line(exc)}") from None

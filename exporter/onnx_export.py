@@ -14,6 +14,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,11 +30,15 @@ from engines.onnx_functions import OPSET, attach_pool_functions
 
 from . import export_dynamic
 from .inspect_model import make_schedule
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_config
+from .preflight import parity_fits, preflight
 from .progress import Progress
-from .registry import family_of
+from .registry import family_of, num_visual_tokens
 from .samples import sample
-from .shared_weights import SHARED_DATA, share_external_data
+from .shared_weights import SHARED_DATA
+from .skeleton import parameter_sources
+from .weight_binder import DataFile, bind_weights
+from .weight_source import WeightSource, open_source, resolve_dtype
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAMES = {"fp32": "float32", "fp16": "float16"}
@@ -88,7 +95,10 @@ def _example_inputs(loaded: LoadedModel, modules, dtype) -> dict[str, tuple]:
     }
 
 
-def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int, dynamic: bool = False) -> None:
+def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int, source: WeightSource,
+                data: DataFile, on_tensor=None, dynamic: bool = False) -> None:
+    """Trace ``module`` with its parameters as graph inputs, then stream the real weights into ``data``.
+    ``dynamic``: a dynamic-resolution family's graph (N_v varies; exporter/export_dynamic.py)."""
     import onnx
 
     axes = _dynamic_axes(name, module, num_layers)
@@ -99,27 +109,20 @@ def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int
     raw = scratch / f"{name}.onnx"
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # export_params=False keeps weights out of the proto (at 7B it could not hold them); the weight-only
+        # chains constant folding would fold are folded by bind_weights, with the real weights.
         torch.onnx.export(
-            module, args, str(raw), dynamo=False, opset_version=OPSET,
+            module, args, str(raw), dynamo=False, opset_version=OPSET, export_params=False,
             input_names=module.input_names(), output_names=module.output_names(),
-            dynamic_axes=axes, do_constant_folding=True,
+            dynamic_axes=axes, do_constant_folding=False,
         )
     model = attach_pool_functions(onnx.load(str(raw)))
-    _pin_kv_shapes(model, module)
-    final = directory / f"{name}.onnx"
-    onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{name}.onnx.data", size_threshold=1024)  # small constants stay inline
     shutil.rmtree(scratch)
-    if name not in DECODER_GRAPHS:  # those are checked once, after they share their weights file
-        onnx.checker.check_model(str(final), full_check=True)
-
-
-def _share_decoder_weights(directory: Path) -> None:
-    import onnx
-
-    share_external_data(directory, list(DECODER_GRAPHS))
-    for name in DECODER_GRAPHS:
-        onnx.checker.check_model(str(directory / f"{name}.onnx"), full_check=True)
+    _pin_kv_shapes(model, module)
+    params = parameter_sources(module, source.names)
+    weights = {graph_name: partial(source.read, model_name) for graph_name, model_name in params.items()}
+    bind_weights(model, weights, data, on_tensor)
+    onnx.save_model(model, str(directory / f"{name}.onnx"))
 
 
 def _pin_kv_shapes(model, module) -> None:
@@ -190,6 +193,54 @@ def default_out(model: str, method: str, ratio: float) -> Path:
     return Path("artifacts") / f"{slug}-{method}-r{ratio:.4g}"
 
 
+@dataclass
+class ExportOptions:
+    """What ``reroute export`` was asked for; the CLI fills it, tests construct it."""
+
+    model: str
+    method: str = "reroute"
+    ratio: float = 0.25
+    out: str | None = None
+    dtype: str = "auto"  # fp16 for llava and half-precision checkpoints, fp32 otherwise
+    force: bool = False
+    layers: list | None = None
+    keep_ratios: list | None = None
+    max_batch: int = 4
+    max_sequence: int | None = None
+    parity_samples: int = 2
+    quiet: bool = False
+
+
+class ExportStageError(RerouteError):
+    """An unexpected internal error during one stage of an export (the cause is chained for --debug)."""
+
+    exit_code = 1
+
+
+@contextmanager
+def _stage(progress: Progress, label: str):
+    with progress(label) as step:
+        try:
+            yield step
+        except (RerouteError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ExportStageError(f"export failed while {label}: {type(exc).__name__}: {first} "
+                                   f"(internal error; rerun with --debug for the traceback)") from exc
+
+
+def _check_options(o: ExportOptions) -> Path:
+    if o.dtype not in (*DTYPES, "auto"):
+        raise RerouteError(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {o.dtype!r}")
+    if o.max_batch < 1:
+        raise RerouteError(f"--max-batch must be >= 1, got {o.max_batch}")
+    target = Path(o.out) if o.out else default_out(o.model, o.method, o.ratio)
+    if target.exists() and not o.force:
+        raise RerouteError(f"{target} already exists; pass --force to replace it")
+    return target
+
+
 def _make_parent(target: Path) -> None:
     """--out's folder, created if missing; one line (exit 2) if it cannot be, e.g. under a file or read-only."""
     try:
@@ -205,60 +256,95 @@ def _make_temp_beside(target: Path) -> Path:
         raise RerouteError(f"cannot write in {target.parent} for --out: {exc.strerror or exc}") from None
 
 
-def export_artifact(model: str, method: str = "reroute", ratio: float = 0.25, out: str | None = None,
-                    dtype: str = "fp32", force: bool = False, layers=None, keep_ratios=None, max_batch: int = 4,
-                    max_sequence: int | None = None, parity_samples: int = 2, quiet: bool = False,
-                    loaded: LoadedModel | None = None):
-    """Export an artifact folder; returns (path, parity report or None). ``loaded`` reuses a loaded model."""
-    from .parity import run_parity, write_report
+def export_artifact(options: ExportOptions | str, *args, loaded: LoadedModel | None = None, **kwargs):
+    """Export an artifact folder; returns (path, parity report or None).
 
-    if dtype not in DTYPES:
-        raise RerouteError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if max_batch < 1:
-        raise RerouteError(f"--max-batch must be >= 1, got {max_batch}")
-    target = Path(out) if out else default_out(model, method, ratio)
-    if target.exists() and not force:
-        raise RerouteError(f"{target} already exists; pass --force to replace it")
+    ``loaded``: a model already in memory whose weights are bound instead of reading its files (tests).
+    The older positional form ``export_artifact(model, method, ratio, ...)`` is still accepted.
+    """
+    o = options if isinstance(options, ExportOptions) else ExportOptions(options, *args, **kwargs)
+    target = _check_options(o)
+    config = loaded.config if loaded is not None else load_config(o.model)
+    schedule = make_schedule(config, o.method, o.ratio, o.layers, o.keep_ratios)
+    limit = config.text_config.max_position_embeddings
+    max_sequence = o.max_sequence or min(2048, limit)
+    if not (num_visual_tokens(config) + 2 <= max_sequence <= limit):
+        raise RerouteError(f"--max-sequence must be in [{num_visual_tokens(config) + 2}, {limit}], got {max_sequence}")
+    if family_of(config).dynamic_visual_tokens and not export_dynamic.max_visual_tokens_ok(num_visual_tokens(config)):
+        raise RerouteError(f"max_pixels allows {num_visual_tokens(config)} visual tokens per image; TensorRT's TopK "
+                           f"takes at most 3840: lower max_pixels in the processor")
+    dtype = resolve_dtype(o.model, o.dtype, loaded)
+    preflight(o.model, config, dtype, loaded)
+    parity = o.parity_samples > 0 and parity_fits(o.model, config, dtype, loaded)
     _make_parent(target)
-    progress = Progress(4 + len(GRAPHS) + (parity_samples > 0), quiet)
-    with progress(f"loading {model}"):
-        loaded = loaded or load_model(model)
-        schedule = make_schedule(loaded.config, method, ratio, layers, keep_ratios)
-        limit = loaded.config.text_config.max_position_embeddings
-        max_sequence = max_sequence or min(2048, limit)
-        if not (loaded.num_visual + 2 <= max_sequence <= limit):
-            raise RerouteError(f"--max-sequence must be in [{loaded.num_visual + 2}, {limit}], got {max_sequence}")
-        if loaded.family.dynamic_visual_tokens and not export_dynamic.max_visual_tokens_ok(loaded.num_visual):
-            raise RerouteError(f"max_pixels allows {loaded.num_visual} visual tokens per image; TensorRT's TopK "
-                               f"takes at most 3840: lower max_pixels in the processor")
+    progress = Progress(4 + len(GRAPHS) + parity, o.quiet)
     tmp = _make_temp_beside(target)
     try:
-        with progress("tracing example inputs"):
-            modules = build_graph_modules(loaded, schedule, DTYPES[dtype])
-            examples = _example_inputs(loaded, modules, DTYPES[dtype])
-        for name in GRAPHS:
-            with progress(f"exporting {name}.onnx"):
-                _export_one(name, modules[name], examples[name], tmp, loaded.decoder_config.num_layers,
-                            loaded.family.dynamic_visual_tokens)
-        with progress("storing the decoder weights once for prefill and decode"):
-            _share_decoder_weights(tmp)
-        with progress("writing manifest and processor"):
-            loaded.processor.save_pretrained(tmp / "processor")
-            if loaded.family.dynamic_visual_tokens:  # its preprocessing needs the config (engines/artifact.py)
-                loaded.config.save_pretrained(tmp / "processor")
-            manifest = _manifest(loaded, schedule, dtype, tmp, max_batch, max_sequence)
-            manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-            (tmp / MANIFEST).write_text(__import__("json").dumps(manifest, indent=2))
-        report = None
-        if parity_samples > 0:
-            with progress(f"parity: torch vs onnxruntime on {parity_samples} samples"):
-                report = run_parity(tmp, ["torch", "onnxruntime"], samples=parity_samples, steps=8,
-                                    loaded=loaded)
-                report["artifact"] = str(target.resolve())
-                write_report(report, tmp / "parity.json")
+        report = _export_into(tmp, o, progress, schedule, dtype, max_sequence, loaded, parity)
+        if report is not None:
+            report["artifact"] = str(target.resolve())
+            from .parity import write_report
+
+            write_report(report, tmp / "parity.json")
         publish(tmp)
         replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target, report
+
+
+def _export_into(tmp: Path, o: ExportOptions, progress: Progress, schedule, dtype: str, max_sequence: int,
+                 loaded, parity: bool):
+    with _stage(progress, f"preparing the weights of {o.model} ({dtype})"):
+        source = open_source(o.model, dtype, tmp, loaded)
+    try:
+        with _stage(progress, "tracing example inputs (stand-in weights)"):
+            modules = build_graph_modules(source.loaded, schedule, DTYPES[dtype])
+            examples = _example_inputs(source.loaded, modules, DTYPES[dtype])
+        num_layers = source.loaded.decoder_config.num_layers
+        decoder_data = DataFile(tmp / SHARED_DATA)  # prefill and decode: one file, each weight once
+        try:
+            for name in GRAPHS:
+                data = decoder_data if name in DECODER_GRAPHS else DataFile(tmp / f"{name}.onnx.data")
+                with _stage(progress, f"exporting {name}.onnx, streaming its weights") as step:
+                    _export_one(name, modules[name], examples[name], tmp, num_layers, source, data, step.update,
+                                source.loaded.family.dynamic_visual_tokens)
+                if data is not decoder_data:
+                    data.close()
+        finally:
+            decoder_data.close()
+    finally:
+        source.close()  # a preset's scratch weights must be gone before the manifest lists the files
+    del modules, examples
+    with _stage(progress, "checking the graphs (onnx full_check)"):
+        for name in GRAPHS:
+            _check_graph(tmp / f"{name}.onnx")
+    with _stage(progress, "writing manifest and processor"):
+        _write_manifest(tmp, source.loaded, schedule, dtype, o.max_batch, max_sequence)
+    if not parity:
+        return None
+    from .parity import run_parity
+
+    with _stage(progress, f"parity: torch vs onnxruntime on {o.parity_samples} samples"):
+        return run_parity(tmp, ["torch", "onnxruntime"], samples=o.parity_samples, steps=8, loaded=loaded)
+
+
+def _check_graph(path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)
+    for orphan in path.parent.glob(f"{path.name}.data"):  # a data file no tensor of this graph uses
+        if orphan.stat().st_size == 0:
+            orphan.unlink()
+
+
+def _write_manifest(tmp: Path, loaded, schedule, dtype: str, max_batch: int, max_sequence: int) -> None:
+    import json
+
+    loaded.processor.save_pretrained(tmp / "processor")
+    if loaded.family.dynamic_visual_tokens:  # its preprocessing needs the config (engines/artifact.py)
+        loaded.config.save_pretrained(tmp / "processor")
+    manifest = _manifest(loaded, schedule, dtype, tmp, max_batch, max_sequence)
+    manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

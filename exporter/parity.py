@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -41,20 +42,25 @@ def _reference_model(artifact: Artifact, loaded):
         return loaded
     spec = artifact.manifest["model"]
     source = spec["spec"] if spec["source"].startswith("preset:") else spec["source"]
-    return load_model(source)
+    import torch
+
+    return load_model(source, dtype=getattr(torch, artifact.dtype))
 
 
-def make_backend(name: str, artifact: Artifact, loaded=None, plugins: bool = True):
+def make_backend(name: str, artifact: Artifact, loaded=None, plugins: bool = True, device="cpu"):
+    """``device`` places the torch reference (cpu or cuda); the other backends ignore it."""
     model = _reference_model(artifact, loaded) if name == "torch" else None
-    return open_backend(name, artifact, model, plugins)
+    return open_backend(name, artifact, model, plugins, device=device)
 
 
-def _encode_samples(artifact: Artifact, processor, count: int, loaded=None):
-    """Synthetic samples; their images differ in size, so a dynamic-resolution family sees several N_v."""
+def _encode_samples(artifact: Artifact, processor, count: int):
+    """Synthetic samples; their images differ in size, so a dynamic-resolution family sees several N_v
+    (encoded with the checkpoint config the artifact saved: no weights needed)."""
     model = artifact.manifest["model"]
     family = FAMILIES[model["family"]]
     if family.dynamic_visual_tokens:
-        return [family.encode(processor, loaded.config, [p.replace(IMAGE_PLACEHOLDER, family.placeholder)], [img])
+        config = artifact.hf_config()
+        return [family.encode(processor, config, [p.replace(IMAGE_PLACEHOLDER, family.placeholder)], [img])
                 for p, img in (sample(i) for i in range(count))]
     return [encode(processor, [p], [img], model["image_token_id"], model["num_visual"])
             for p, img in (sample(i) for i in range(count))]
@@ -94,19 +100,6 @@ def _graph_feeds(reference, inputs_list, vision_config=None) -> dict[str, list[d
             decode[f"past_key_values.{i}.key"], decode[f"past_key_values.{i}.value"] = k, v
         feeds["decode"].append(decode)
     return feeds
-
-
-def _graph_runners(graph: str, backends: dict, reference_modules: dict, artifact: Artifact):
-    from engines.runners import TorchGraphRunner
-
-    runners = []
-    for name, backend in backends.items():
-        if name == "torch":
-            spec = artifact.manifest["graphs"][graph]["inputs"]
-            runners.append(TorchGraphRunner(reference_modules[graph], spec, name=f"torch-{graph}"))
-        else:
-            runners.append(backend.comparator_runner(graph))
-    return runners
 
 
 def _stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float, bool]:
@@ -163,12 +156,13 @@ def compare_graph(run_results, tol: dict, names: list[str], first_decision: int 
 
 
 def run_parity(path, backends=("torch", "onnxruntime"), samples: int = 10, steps: int = 32, loaded=None,
-               save_run_results: str | None = None, plugins: bool = True) -> dict:
+               save_run_results: str | None = None, plugins: bool = True, device="cpu") -> dict:
+    """Backends run one after another, never two holding weights at once: the torch reference first (its
+    outputs and greedy tokens kept), freed, then each other backend, compared with the saved outputs.
+    ``device`` places the torch reference (cpu or cuda)."""
     from polygraphy.logger import G_LOGGER
 
-    backends = list(dict.fromkeys(backends))
-    if "torch" not in backends:
-        backends.insert(0, "torch")
+    backends = ["torch", *[b for b in dict.fromkeys(backends) if b != "torch"]]  # the reference runs first
     if len(backends) < 2:
         raise RerouteError("parity needs at least one backend besides torch")
     if samples < 1 or steps < 1:
@@ -176,38 +170,23 @@ def run_parity(path, backends=("torch", "onnxruntime"), samples: int = 10, steps
     artifact = open_artifact(path)
     G_LOGGER.module_severity = G_LOGGER.ERROR
     tol = tolerances(artifact)
-    loaded = _reference_model(artifact, loaded)
-    live = {}
-    try:
-        for name in backends:
-            live[name] = make_backend(name, artifact, loaded, plugins)
-        return _run_parity(path, artifact, live, loaded, tol, backends, samples, steps, save_run_results)
-    finally:
-        for backend in live.values():
+    inputs_list = _encode_samples(artifact, artifact.processor(), samples)
+    feeds, all_results, expected, torch_device = _run_reference(artifact, loaded, inputs_list, steps, device)
+    tokens = {}
+    for name in backends[1:]:
+        backend = make_backend(name, artifact, None, plugins)
+        try:
+            for graph in GRAPHS:
+                all_results[graph].extend(_comparator_run([backend.comparator_runner(graph)], feeds[graph]))
+            tokens[name] = _token_agreement(backend, expected, inputs_list, steps, artifact.capacity["max_batch"])
+        finally:
             if hasattr(backend, "close"):
                 backend.close()
-
-
-def _run_parity(path, artifact, live, loaded, tol, backends, samples, steps, save_run_results) -> dict:
-    from polygraphy.comparator import Comparator
-
-    from engines.graph_modules import build_graph_modules
-
-    reference = live["torch"]
-    inputs_list = _encode_samples(artifact, artifact.processor(), samples, loaded)
-    feeds = _graph_feeds(reference, inputs_list, getattr(loaded.config, "vision_config", None))
-    modules = build_graph_modules(loaded, artifact.schedule, reference.dtype)
-    graphs_report, all_results = {}, {}
-    for graph in GRAPHS:
-        runners = _graph_runners(graph, live, modules, artifact)
-        results = Comparator.run(runners, data_loader=feeds[graph])
-        all_results[graph] = results
-        first = artifact.schedule.layers[0] if artifact.schedule.layers else None
-        graphs_report[graph] = compare_graph(results, tol, list(live), first)
     if save_run_results:
         _save_run_results(all_results, save_run_results)
-    routing = _routing_agreement(all_results["prefill"], artifact, list(live))
-    tokens = _token_agreement(live, inputs_list, steps, artifact.capacity["max_batch"])
+    first = artifact.schedule.layers[0] if artifact.schedule.layers else None
+    graphs_report = {g: compare_graph(r, tol, backends, first) for g, r in all_results.items()}
+    routing = _routing_agreement(all_results["prefill"], artifact, backends)
     passed = (all(o["passed"] for g in graphs_report.values() for b in g.values() for o in b.values())
               and all(r["overlap"] >= tol["routing_overlap"] for b in routing.values() for r in b.values())
               and all(t["identical"] >= tol["token_match"] * t["of"] for t in tokens.values())
@@ -215,11 +194,45 @@ def _run_parity(path, artifact, live, loaded, tol, backends, samples, steps, sav
     return {
         "artifact": str(Path(path).resolve()), "dtype": artifact.dtype, "method": artifact.manifest["method"],
         "ratio": artifact.manifest["ratio"], "backends": backends, "samples": samples, "steps": steps,
+        "torch_device": torch_device,
         "tolerance": {**tol, "rule": "|a - b| <= atol + rtol * |b| per element; routing_overlap: min fraction of "
                       "selected indices shared with the reference per decision layer; token_match: min fraction "
                       "of samples with identical greedy sequences"},
         "graphs": graphs_report, "routing": routing, "tokens": tokens, "passed": passed,
     }
+
+
+def _comparator_run(runners, feeds):  # Polygraphy, imported lazily
+    from polygraphy.comparator import Comparator
+
+    return Comparator.run(runners, data_loader=feeds)
+
+
+def _run_reference(artifact: Artifact, loaded, inputs_list, steps: int, device="cpu"):
+    """(feeds, {graph: RunResults with the torch runner}, greedy tokens); the reference is freed after."""
+    import gc
+
+    from engines.runners import TorchGraphRunner
+
+    from engines.graph_modules import build_graph_modules
+
+    loaded = _reference_model(artifact, loaded)
+    reference = make_backend("torch", artifact, loaded, device=device)
+    vision = artifact.manifest["model"].get("vision")  # dynamic resolution: the settings its preprocessing reads
+    feeds = _graph_feeds(reference, inputs_list, None if vision is None else SimpleNamespace(**vision))
+    modules = {g: m.to(reference.device) for g, m in build_graph_modules(loaded, artifact.schedule,
+                                                                          reference.dtype).items()}
+    results = {}
+    for graph in GRAPHS:
+        spec = artifact.manifest["graphs"][graph]["inputs"]
+        results[graph] = _comparator_run([TorchGraphRunner(modules[graph], spec, name=f"torch-{graph}",
+                                                          device=reference.device)],
+                                        feeds[graph])
+    expected = _greedy_all(reference, inputs_list, steps, artifact.capacity["max_batch"])
+    torch_device = str(reference.device)
+    del reference, modules, loaded
+    gc.collect()  # the reference's weights go before the next backend loads its own
+    return feeds, results, expected, torch_device
 
 
 def _save_run_results(results: dict, directory: str) -> None:
@@ -264,21 +277,15 @@ def _greedy_all(backend, inputs_list, steps: int, max_batch: int) -> list[list[i
     return out
 
 
-def _token_agreement(live: dict, inputs_list, steps: int, max_batch: int) -> dict:
-    expected = _greedy_all(live["torch"], inputs_list, steps, max_batch)
-    report = {}
-    for name, backend in live.items():
-        if name == "torch":
-            continue
-        got_all = _greedy_all(backend, inputs_list, steps, max_batch)
-        same = sum(g == w for g, w in zip(got_all, expected))
-        first = sum(g[:1] == w[:1] for g, w in zip(got_all, expected))
-        first_mismatch = [next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), None)
-                          for g, w in zip(got_all, expected)]
-        prefix = [steps if m is None else m for m in first_mismatch]
-        report[name] = {"identical": int(same), "of": len(inputs_list), "first_token_identical": int(first),
-                        "mean_agreeing_prefix": sum(prefix) / len(prefix), "first_mismatch_step": first_mismatch}
-    return report
+def _token_agreement(backend, expected: list[list[int]], inputs_list, steps: int, max_batch: int) -> dict:
+    got_all = _greedy_all(backend, inputs_list, steps, max_batch)
+    same = sum(g == w for g, w in zip(got_all, expected))
+    first = sum(g[:1] == w[:1] for g, w in zip(got_all, expected))
+    first_mismatch = [next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), None)
+                      for g, w in zip(got_all, expected)]
+    prefix = [steps if m is None else m for m in first_mismatch]
+    return {"identical": int(same), "of": len(inputs_list), "first_token_identical": int(first),
+            "mean_agreeing_prefix": sum(prefix) / len(prefix), "first_mismatch_step": first_mismatch}
 
 
 def write_report(report: dict, path) -> None:

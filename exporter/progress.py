@@ -28,8 +28,17 @@ class _Step:
             self.p.stream.flush()
         return self
 
+    def update(self, item: str) -> None:
+        """One more item done within this step (a weight written): a counter, rewritten in place on a TTY."""
+        self.count = getattr(self, "count", 0) + 1
+        if not self.p.quiet and self.p.stream.isatty():
+            self.p.stream.write(f"\r[{self.p.step}/{self.p.total}] {self.label} ... {self.count} ({item[-48:]})\033[K")
+            self.p.stream.flush()
+
     def __exit__(self, exc_type, exc, tb):
         if not self.p.quiet:
+            if getattr(self, "count", 0) and self.p.stream.isatty():
+                self.p.stream.write(f"\r[{self.p.step}/{self.p.total}] {self.label} ... {self.count} tensors\033[K")
             status = "done" if exc_type is None else "failed"
             self.p.stream.write(f" {status} ({time.perf_counter() - self.t0:.1f} s)\n")
             self.p.stream.flush()

@@ -62,7 +62,7 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
     for b in backends:
         for s in configs:
             if b == "torch":
-                torch_backend = wrap(TorchBackend(loaded, s))
+                torch_backend = wrap(TorchBackend(loaded, s, **(options.torch_options or {})))
                 runners[(s.method, b)] = (torch_backend, torch_backend)
                 data[(s.method, b)] = {"session_mib": 0.0}
             else:

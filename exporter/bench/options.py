@@ -35,3 +35,4 @@ class BenchOptions:
     quiet: bool = False
     pause_s: float = 0.02  # idle time before each timed prefill
     min_cpu_share: float = 0.9
+    torch_options: dict | None = None  # TorchBackend device/dtype (exporter/devices.py:torch_options)

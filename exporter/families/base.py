@@ -36,6 +36,7 @@ class Family:
     tiny_preset: str
     presets: tuple[str, ...] = ()
     aliases: dict = field(default_factory=dict)  # short name -> hub id, with a built-in config
+    alias_titles: dict = field(default_factory=dict)  # short name -> the model's name in messages
     tolerances: dict = field(default_factory=lambda: DEFAULT_TOLERANCES)
     placeholder: str = "<image>"  # what a prompt contains once, where the image goes
     dynamic_visual_tokens: bool = False  # N_v depends on the image (dynamic resolution)

@@ -81,4 +81,5 @@ LLAVA = LlavaFamily(
     tiny_preset="llava-tiny",
     presets=("llava-tiny", "llava-bench"),
     aliases={"llava": "llava-hf/llava-1.5-7b-hf"},
+    alias_titles={"llava": "LLaVA-1.5-7B"},
 )

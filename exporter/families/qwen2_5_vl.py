@@ -135,6 +135,7 @@ QWEN2_5_VL = Qwen2_5_VLFamily(
     tiny_preset="qwen2.5-vl-tiny",
     presets=("qwen2.5-vl-tiny", "qwen2.5-vl-bench"),
     aliases={"qwen2.5-vl": "Qwen/Qwen2.5-VL-7B-Instruct"},
+    alias_titles={"qwen2.5-vl": "Qwen2.5-VL-7B-Instruct"},
     placeholder="<|vision_start|><|image_pad|><|vision_end|>",
     dynamic_visual_tokens=True,
 )
