@@ -60,6 +60,22 @@ class Family:
     def from_pretrained(self, source: str, local_only: bool, dtype):
         raise NotImplementedError
 
+    def model_class(self):
+        """transformers' class for this family (the streamed export builds a weightless one to trace)."""
+        raise NotImplementedError
+
+    def preset_seed(self, name: str) -> int:
+        raise NotImplementedError
+
+    def preset_processor(self, name: str):
+        raise NotImplementedError
+
+    def load_processor(self, directory: str):
+        """The processor saved beside a checkpoint's weights."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+
     def decoder_config(self, config) -> DecoderConfig:
         raise NotImplementedError
 

@@ -39,6 +39,27 @@ class Qwen2_5_VLFamily(Family):
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(source, **kwargs)
         return model.eval(), images_only_processor(image_processor, tokenizer, saved_chat_template(source, tokenizer))
 
+    def model_class(self):
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        return Qwen2_5_VLForConditionalGeneration
+
+    def preset_seed(self, name: str) -> int:
+        from ..presets_qwen import PRESETS
+
+        return PRESETS[name]["seed"]
+
+    def preset_processor(self, name: str):
+        from ..presets_qwen import PRESETS, build_processor
+
+        return build_processor(PRESETS[name]["text"]["vocab_size"])
+
+    def load_processor(self, directory: str):
+        """Images only (no video processor: it needs torchvision), as from_pretrained builds it."""
+        from engines.qwen_processor import load_images_only_processor
+
+        return load_images_only_processor(directory)
+
     def decoder_config(self, config) -> DecoderConfig:
         text = config.text_config
         check_silu(text)
