@@ -12,27 +12,15 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from exporter.cli import main
-from exporter.models import load_model
 from exporter.onnx_export import export_artifact
 from exporter.samples import synthetic_image
 
 SIZES = {144: (336, 336), 176: (448, 308)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def qwen_tiny():
-    return load_model("qwen2.5-vl-tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; qwen_tiny comes from there too
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import torch
 from engines.onnx_functions import attach_pool_functions
 from engines.qwen_vision_inputs import vision_index_inputs
 from engines.torch_runner import TorchBackend
-from exporter.models import load_model
 from exporter.samples import synthetic_image
 from graphs.capacity import CapacityError, stage_coefficients
 from graphs.export_graphs import DynamicPrefillGraph
@@ -29,17 +28,7 @@ SIZES = {144: (336, 336), 176: (448, 308)}
 METHODS = [("fastv", 1 / 3), ("pdrop", 2 / 9), ("reroute-fastv", 1 / 9), ("reroute", 0.25), ("none", 1.0)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def qwen_tiny():
-    return load_model("qwen2.5-vl-tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; qwen_tiny comes from there too
 
 
 def _inputs(loaded, num_visual, seed=0):
