@@ -220,3 +220,17 @@ def test_bench_runs_on_qwen_with_exact_kv_bytes(qwen_tiny):
         assert row["kv_bytes"]["match"], row["kv_bytes"]
     assert rows[("reroute", "onnxruntime")]["schedule"]["k"] == [43, 43, 21, 10]  # floor(144 r_s)
     assert rows[("reroute", "torch")]["first_token"] == rows[("reroute", "onnxruntime")]["first_token"]
+
+
+def test_streamed_preset_checkpoint_equals_the_seeded_qwen_preset(qwen_tiny, tmp_path):
+    """The streamed export writes the preset's weights tensor by tensor: the same seeded values the loaded
+    preset has (Qwen's Conv3d patch embedding included)."""
+    from exporter.checkpoint_io import CheckpointReader
+    from exporter.skeleton import write_preset_checkpoint
+
+    write_preset_checkpoint(qwen_tiny.config, 0, tmp_path / "model.safetensors")
+    reader = CheckpointReader(tmp_path)
+    state = qwen_tiny.hf_model.state_dict()
+    assert set(reader.entries) == set(state) and "model.visual.patch_embed.proj.weight" in state
+    for key, value in state.items():
+        np.testing.assert_array_equal(reader.read(key), value.numpy(), err_msg=key)
