@@ -74,10 +74,30 @@ class Artifact:
                 f"{cap['max_sequence']} tokens ({self.root}); re-export with a larger --max-sequence"
             )
 
+    def check_visual_tokens(self, num_visual: int) -> None:
+        """Dynamic-resolution artifacts: an image may give at most ``capacity.max_visual_tokens`` (from
+        max_pixels); the graphs' TopK bound and the checked capacities hold only up to it."""
+        bound = self.capacity.get("max_visual_tokens")
+        if bound is not None and num_visual > bound:
+            raise RerouteError(f"the image gives {num_visual} visual tokens, over this artifact's capacity of "
+                               f"{bound} (max_pixels {self.capacity.get('max_pixels')}); resize it or re-export")
+
+    def hf_config(self):
+        """The checkpoint's transformers config, saved beside the processor by dynamic-resolution exports
+        (their preprocessing reads it: token ids, merge size, M-RoPE positions)."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.root / self.manifest["processor_dir"], local_files_only=True)
+
     def processor(self):
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(self.root / self.manifest["processor_dir"], local_files_only=True)
+        directory = self.root / self.manifest["processor_dir"]
+        if self.manifest["model"].get("family") == "qwen2_5_vl":  # AutoProcessor would return the tokenizer alone
+            from .qwen_processor import load_images_only_processor
+
+            return load_images_only_processor(directory)
+        return AutoProcessor.from_pretrained(directory, local_files_only=True)
 
 
 def open_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:

@@ -10,7 +10,7 @@ import numpy as np
 from .errors import RerouteError
 
 __all__ = ["IMAGE_PLACEHOLDER", "PromptInputs", "chat_prompt", "check_prompt", "encode", "load_image",
-           "visual_span_start"]
+           "stack_inputs", "visual_span_start"]
 
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
@@ -25,6 +25,20 @@ class PromptInputs:
     image_grid_thw: np.ndarray | None = None  # [B, 3] patch grid per image (dynamic-resolution families)
     position_ids: np.ndarray | None = None  # [3, B, T] M-RoPE position ids of the prompt
     rope_delta: np.ndarray | None = None  # [B] (max prompt position + 1) - T: decode positions' offset
+
+
+def stack_inputs(parts: list[PromptInputs]) -> PromptInputs:
+    """One batch from samples of one shape (same length, visual_start and N_v); pixel rows concatenate
+    for both layouts (LLaVA's [B, 3, H, W], Qwen's flattened patches)."""
+    import dataclasses
+
+    def cat(name, axis=0):
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else np.concatenate(values, axis=axis)
+
+    return dataclasses.replace(parts[0], input_ids=cat("input_ids"), pixel_values=cat("pixel_values"),
+                               image_grid_thw=cat("image_grid_thw"), position_ids=cat("position_ids", axis=1),
+                               rope_delta=cat("rope_delta"))
 
 
 # Largest image accepted, in pixels (width x height): 50 MP, above any camera photo LLaVA would see (it resizes

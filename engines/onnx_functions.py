@@ -12,6 +12,12 @@ Inputs (all ops): ``visual_start`` is int64 [1], the first candidate's index.
   indices sorted ascending.
 - PoolGather(x [B,n,C], selected, visual_start) -> [B, n-P+k, C]  (GatherND over rows)
 - PoolScatter(x [B,n,C], compact [B,n-P+k,C], selected, visual_start) -> [B,n,C]  (ScatterND over rows)
+
+Dynamic-N_v forms (dynamic-resolution families, graphs/capacity.py): ``PoolSelectDynamic(q_last, keys,
+visual_start, k, num_candidates)``, ``PoolGatherDynamic(x, selected, visual_start, num_candidates)`` and
+``PoolScatterDynamic(x, compact, selected, visual_start, num_candidates)`` take ``k`` and ``num_candidates``
+as int64 [1] inputs computed from shapes in the calling graph, with the same semantics (TopK's K is then
+shape-derived; its bound comes from the artifact's max_pixels).
 """
 
 from __future__ import annotations
@@ -75,10 +81,10 @@ def _compact_source_index(f: _Body, selected: str, n: str, k: str, p: str, batch
     return f("Where", f("Less", slots, v0), slots, src)  # [B, m]
 
 
-def _row_index(f: _Body, x: str, selected: str, v0: str) -> str:
-    """[B, m, 1] int64: the row of x [B, n, C] behind each compact slot (selected [B, k])."""
+def _row_index(f: _Body, x: str, selected: str, v0: str, p: str) -> str:
+    """[B, m, 1] int64: the row of x [B, n, C] behind each compact slot (selected [B, k]); p: [1] pool size."""
     n, k, batch = f.dim(x, 1), f.dim(selected, 1), f.dim(x, 0)
-    src = _compact_source_index(f, selected, n, k, f.attr_int("num_candidates"), batch, v0)
+    src = _compact_source_index(f, selected, n, k, p, batch, v0)
     return f("Unsqueeze", src, f.const_ints(-1))
 
 
@@ -86,8 +92,8 @@ def _make(name: str, inputs: list[str], outputs: list[str], attrs: list[str], f:
     return helper.make_function(DOMAIN, name, inputs, outputs, f.nodes, OPSET_IMPORTS, attrs)
 
 
-def pool_select_function() -> onnx.FunctionProto:
-    f = _Body()
+def _select_body(f: _Body, k: str, p: str) -> None:
+    """PoolSelect's nodes; ``k`` and ``p`` ([1] int64) are attribute constants or inputs."""
     q, keys, v0 = "q_last", "keys", "visual_start"
     q32, k32 = f("Cast", q, to=TensorProto.FLOAT), f("Cast", keys, to=TensorProto.FLOAT)
     # [B, H, hd] -> [B, KVH, G, hd]: query head h uses KV group h // G
@@ -96,40 +102,73 @@ def pool_select_function() -> onnx.FunctionProto:
     probs = f("Softmax", logits, axis=-1)
     probs = f("Reshape", probs, f("Concat", f.const_ints(0, -1), f.dim(keys, 2), axis=0))  # [B, H, n]
     row = f("ReduceMean", probs, f.const_ints(1), keepdims=0)  # [B, n]
-    span = f("Slice", row, v0, f("Add", v0, f.attr_int("num_candidates")), f.const_ints(1))  # [B, P]
-    k = f.attr_int("k")
+    span = f("Slice", row, v0, f("Add", v0, p), f.const_ints(1))  # [B, P]
     _, top = f("TopK", span, k, n_out=2, axis=-1, largest=1, sorted=1)  # ties -> lower index (ONNX spec)
     # sort the chosen indices ascending: TopK of the negated indices (exact in fp32 below 2^24)
     neg = f("Neg", f("Cast", top, to=TensorProto.FLOAT))
     asc, _ = f("TopK", neg, k, n_out=2, axis=-1, largest=1, sorted=1)
     f("Cast", f("Neg", asc), to=TensorProto.INT64)
     f.nodes[-1].output[0] = "selected"
-    return _make("PoolSelect", [q, keys, v0], ["selected"], ["k", "num_candidates", "scale"], f)
+
+
+def pool_select_function() -> onnx.FunctionProto:
+    f = _Body()
+    _select_body(f, f.attr_int("k"), f.attr_int("num_candidates"))
+    return _make("PoolSelect", ["q_last", "keys", "visual_start"], ["selected"], ["k", "num_candidates", "scale"], f)
+
+
+def pool_select_dynamic_function() -> onnx.FunctionProto:
+    f = _Body()
+    _select_body(f, "k", "num_candidates")
+    return _make("PoolSelectDynamic", ["q_last", "keys", "visual_start", "k", "num_candidates"], ["selected"],
+                 ["scale"], f)
+
+
+def _gather_body(f: _Body, p: str) -> None:
+    rows = _row_index(f, "x", "selected", "visual_start", p)
+    # GatherND with one batch dim copies whole C-wide rows (no [B, m, C] index tensor to build or read)
+    f("GatherND", "x", rows, batch_dims=1)
+    f.nodes[-1].output[0] = "compact"
 
 
 def pool_gather_function() -> onnx.FunctionProto:
     f = _Body()
-    rows = _row_index(f, "x", "selected", "visual_start")
-    # GatherND with one batch dim copies whole C-wide rows (no [B, m, C] index tensor to build or read)
-    f("GatherND", "x", rows, batch_dims=1)
-    f.nodes[-1].output[0] = "compact"
+    _gather_body(f, f.attr_int("num_candidates"))
     return _make("PoolGather", ["x", "selected", "visual_start"], ["compact"], ["num_candidates"], f)
 
 
-def pool_scatter_function() -> onnx.FunctionProto:
+def pool_gather_dynamic_function() -> onnx.FunctionProto:
     f = _Body()
-    rows = _row_index(f, "x", "selected", "visual_start")  # [B, m, 1]; distinct rows per sample
+    _gather_body(f, "num_candidates")
+    return _make("PoolGatherDynamic", ["x", "selected", "visual_start", "num_candidates"], ["compact"], [], f)
+
+
+def _scatter_body(f: _Body, p: str) -> None:
+    rows = _row_index(f, "x", "selected", "visual_start", p)  # [B, m, 1]; distinct rows per sample
     # ScatterND has no batch_dims: address (sample, row) pairs, [B, m, 2], and write whole rows
     zero, one = f("Squeeze", f.const_ints(0)), f("Squeeze", f.const_ints(1))
     batch = f("Range", zero, f("Squeeze", f.dim("x", 0)), one)  # [B]
     sample = f("Expand", f("Unsqueeze", batch, f.const_ints(1, 2)), f("Shape", rows))  # [B, m, 1]
     f("ScatterND", "x", f("Concat", sample, rows, axis=-1), "compact")
     f.nodes[-1].output[0] = "out"
+
+
+def pool_scatter_function() -> onnx.FunctionProto:
+    f = _Body()
+    _scatter_body(f, f.attr_int("num_candidates"))
     return _make("PoolScatter", ["x", "compact", "selected", "visual_start"], ["out"], ["num_candidates"], f)
 
 
+def pool_scatter_dynamic_function() -> onnx.FunctionProto:
+    f = _Body()
+    _scatter_body(f, "num_candidates")
+    return _make("PoolScatterDynamic", ["x", "compact", "selected", "visual_start", "num_candidates"], ["out"],
+                 [], f)
+
+
 def pool_functions() -> list[onnx.FunctionProto]:
-    return [pool_select_function(), pool_gather_function(), pool_scatter_function()]
+    return [pool_select_function(), pool_gather_function(), pool_scatter_function(),
+            pool_select_dynamic_function(), pool_gather_dynamic_function(), pool_scatter_dynamic_function()]
 
 
 def attach_pool_functions(model: onnx.ModelProto) -> onnx.ModelProto:

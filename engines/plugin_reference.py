@@ -85,6 +85,31 @@ class PoolScatter(OpRun):
         return (pool_scatter_ref(x, compact, selected, int(visual_start.reshape(-1)[0]), num_candidates),)
 
 
+class PoolSelectDynamic(OpRun):
+    """PoolSelect with ``k`` and ``num_candidates`` as int64 [1] inputs (dynamic N_v)."""
+
+    op_domain = "reroute"
+
+    def _run(self, q_last, keys, visual_start, k, num_candidates, scale=None):
+        return PoolSelect._run(self, q_last, keys, visual_start, k=int(k.reshape(-1)[0]),
+                               num_candidates=int(num_candidates.reshape(-1)[0]), scale=scale)
+
+
+class PoolGatherDynamic(OpRun):
+    op_domain = "reroute"
+
+    def _run(self, x, selected, visual_start, num_candidates):
+        return PoolGather._run(self, x, selected, visual_start, num_candidates=int(num_candidates.reshape(-1)[0]))
+
+
+class PoolScatterDynamic(OpRun):
+    op_domain = "reroute"
+
+    def _run(self, x, compact, selected, visual_start, num_candidates):
+        return PoolScatter._run(self, x, compact, selected, visual_start,
+                                num_candidates=int(num_candidates.reshape(-1)[0]))
+
+
 class GatherElements(OpRun):
     """Standard GatherElements via take_along_axis: onnx.reference's own uses np.choose, which fails
     past 32 choices and then falls back to a wrong 2-D path (seen with a [1, 286] gather)."""
@@ -96,7 +121,8 @@ class GatherElements(OpRun):
         return (np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis], indices), axis=axis),)
 
 
-PLUGIN_OPS = [PoolSelect, PoolGather, PoolScatter, GatherElements]
+PLUGIN_OPS = [PoolSelect, PoolGather, PoolScatter, PoolSelectDynamic, PoolGatherDynamic, PoolScatterDynamic,
+              GatherElements]
 
 
 def reference_session(model):

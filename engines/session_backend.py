@@ -54,8 +54,18 @@ class SessionBackend:
         out = self.runners[graph].infer(cast, check_inputs=False)
         return {k: np.array(v) for k, v in out.items()} if self.copy_outputs else dict(out)
 
-    def vision(self, pixel_values):
-        return self.run("vision", {"pixel_values": pixel_values})["image_features"]
+    def vision(self, pixel_values, image_grid_thw=None):
+        """Dynamic-resolution graphs also take ``image_grid_thw`` [B, 3] and its index tensors
+        (engines/qwen_vision_inputs.py), from the vision settings the manifest records."""
+        feeds = {"pixel_values": pixel_values}
+        if image_grid_thw is not None:
+            from types import SimpleNamespace
+
+            from .qwen_vision_inputs import vision_index_inputs
+
+            vision_config = SimpleNamespace(**self.artifact.manifest["model"]["vision"])
+            feeds.update(image_grid_thw=image_grid_thw, **vision_index_inputs(image_grid_thw, vision_config))
+        return self.run("vision", feeds)["image_features"]
 
     def embed(self, input_ids, image_features):
         return self.run("embed", {"input_ids": input_ids, "image_features": image_features})["inputs_embeds"]
@@ -64,9 +74,15 @@ class SessionBackend:
         names = kv_names("present", self.num_layers)
         return [(out[names[2 * i]], out[names[2 * i + 1]]) for i in range(self.num_layers)]
 
-    def prefill(self, inputs_embeds, visual_start: int) -> Prefill:
-        out = self.run("prefill", {"inputs_embeds": inputs_embeds,
-                                   "visual_start": np.array([visual_start], dtype=np.int64)})
+    def prefill(self, inputs_embeds, visual_start: int, position_ids=None, num_visual: int | None = None) -> Prefill:
+        """position_ids [3, B, T] and num_visual (N_v) for dynamic-resolution graphs: N_v reaches the graph
+        as the length of ``visual_span`` (the span's prompt indices), from which it derives every k_s."""
+        feeds = {"inputs_embeds": inputs_embeds, "visual_start": np.array([visual_start], dtype=np.int64)}
+        if position_ids is not None:
+            feeds["position_ids"] = position_ids
+        if num_visual is not None:
+            feeds["visual_span"] = np.arange(visual_start, visual_start + num_visual, dtype=np.int64)
+        out = self.run("prefill", feeds)
         selections = [out[f"routing.{s}.indices"] for s in range(self.num_stages)]
         return Prefill(out["logits"].astype(np.float32), self._cache(out), selections)
 

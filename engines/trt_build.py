@@ -50,6 +50,10 @@ def default_profiles(artifact: Artifact, graph: str) -> dict[str, tuple[Shape, S
     """(min, opt, max) per input: batch 1..max_batch, prompt N_v+1..max_sequence, per-layer KV lengths
     ``text + visual_tokens(layer)``. For shape inputs (visual_start) the triple holds values."""
     m = artifact.manifest
+    if "max_visual_tokens" in m["capacity"]:  # dynamic resolution: N_v varies per request
+        from .trt_profiles_dynamic import dynamic_profiles
+
+        return dynamic_profiles(artifact, graph, OPT_TEXT_TOKENS)
     cfg, n_v = artifact.decoder_config, m["model"]["num_visual"]
     b, s_max = m["capacity"]["max_batch"], m["capacity"]["max_sequence"]
     s_min, s_opt = n_v + 1, min(n_v + OPT_TEXT_TOKENS, s_max)

@@ -3,7 +3,8 @@
 Checks, each reported with the node's name and a reason:
 - every node has a TensorRT ONNX importer (engines/trt_support.py) or is a
   known plugin node; local functions are looked into, as TensorRT inlines them;
-- TopK has a constant K <= 3840 and ``sorted = 1``;
+- TopK has ``sorted = 1`` and a K <= 3840: a constant, or shape-derived with that bound proven from
+  the manifest (dynamic-resolution graphs: K from N_v <= ``capacity.max_visual_tokens``, engines/trt_bounds.py);
 - no tensor types TensorRT does not take;
 - inputs that feed shape computations are declared as shape inputs;
 - precision is consistent (TensorRT 11 is strongly typed: the float inputs of
@@ -18,6 +19,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from .plugin_graph import is_plugin_node
+from .trt_bounds import ShapeBounds
 from .trt_support import (MAX_OPSET, MIN_OPSET, SHAPE_POSITIONS, SUPPORTED_OPS, SUPPORTED_TYPES,
                           TOPK_MAX_K)
 
@@ -65,10 +67,12 @@ def _node_label(node, index: int, scope: str) -> str:
 class _Linter:
     """``shape_inputs`` None: nothing declares them (a bare .onnx file), so that check is skipped."""
 
-    def __init__(self, graph_name: str, model: onnx.ModelProto, shape_inputs: set[str] | None):
+    def __init__(self, graph_name: str, model: onnx.ModelProto, shape_inputs: set[str] | None,
+                 dim_bounds: dict[str, int] | None = None):
         self.graph_name = graph_name
         self.model = model
         self.shape_inputs = shape_inputs
+        self.bounds = ShapeBounds(model.graph, dim_bounds or {})
         self.functions = {(f.domain, f.name): f for f in model.functions}
         self.problems: list[Problem] = []
 
@@ -81,14 +85,15 @@ class _Linter:
             self.report("(model)", f"opset {opset} is outside TensorRT's supported range {MIN_OPSET}-{MAX_OPSET}")
         graph = self.model.graph
         known = _constants(graph.node, graph.initializer)
-        self._check_nodes(graph.node, known, scope="", attrs={})
+        self._check_nodes(graph.node, known, scope="", attrs={}, call_inputs={})
         self._check_types()
         if self.shape_inputs is not None:
             self._check_shape_inputs()
         self._check_precision()
         return self.problems
 
-    def _check_nodes(self, nodes, known, scope: str, attrs: dict) -> None:
+    def _check_nodes(self, nodes, known, scope: str, attrs: dict, call_inputs: dict) -> None:
+        """call_inputs: inside a function body, its formal inputs -> the calling node's tensors."""
         producers = {out: node for node in nodes for out in node.output}
         for i, node in enumerate(nodes):
             label = _node_label(node, i, scope)
@@ -102,22 +107,34 @@ class _Linter:
                     continue
                 # TensorRT inlines local functions: lint the body with this call's attributes
                 call_attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-                self._check_nodes(fn.node, _constants(fn.node, []), f"{label}/", call_attrs)
+                self._check_nodes(fn.node, _constants(fn.node, []), f"{label}/", call_attrs,
+                                  dict(zip(fn.input, node.input)))
                 continue
             if node.op_type not in SUPPORTED_OPS:
                 self.report(label, f"{node.op_type} has no TensorRT ONNX importer")
             if node.op_type == "TopK":
-                self._check_topk(node, label, self._static_k(node.input[1], known, attrs, producers))
+                k = self._static_k(node.input[1], known, attrs, producers)
+                self._check_topk(node, label, k, None if k is not None else
+                                 self._bounded_k(node.input[1], producers, call_inputs))
             if node.op_type == "Cast" and _type_name(_attr(node, "to", 1)) not in SUPPORTED_TYPES:
                 self.report(label, f"Cast to {_type_name(_attr(node, 'to'))}, a type TensorRT does not take")
 
-    def _check_topk(self, node, label, k: int | None) -> None:
+    def _check_topk(self, node, label, k: int | None, bound: int | None) -> None:
         if _attr(node, "sorted", 1) != 1:
             self.report(label, "TopK with sorted=0 (TensorRT requires sorted=1)")
-        if k is None:
-            self.report(label, "TopK K is not a build-time constant")
-        elif k > TOPK_MAX_K:
+        if k is None and bound is None:
+            self.report(label, "TopK K is neither a build-time constant nor shape-derived with a proven bound")
+        elif k is None and bound > TOPK_MAX_K:
+            self.report(label, f"TopK K is bounded only by {bound}, over TensorRT's limit of {TOPK_MAX_K}")
+        elif k is not None and k > TOPK_MAX_K:
             self.report(label, f"TopK K={k} exceeds TensorRT's limit of {TOPK_MAX_K}")
+
+    def _bounded_k(self, name, producers, call_inputs) -> int | None:
+        """The proven upper bound of a shape-derived K (a function input is followed into the caller)."""
+        while name in producers and producers[name].op_type in ("Reshape", "Cast", "Squeeze", "Unsqueeze",
+                                                                 "Identity"):
+            name = producers[name].input[0]
+        return self.bounds.upper(call_inputs.get(name, name))
 
     @staticmethod
     def _static_k(name, known, attrs, producers):
@@ -209,9 +226,12 @@ def shape_inputs_of(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in g.input if linter._reaches_shape_position(i.name, consumers)]
 
 
-def lint_model(model: onnx.ModelProto, graph_name: str = "graph", shape_inputs=()) -> list[Problem]:
-    """``shape_inputs=None`` skips the shape-input check (nothing declares them)."""
-    return _Linter(graph_name, model, None if shape_inputs is None else set(shape_inputs)).run()
+def lint_model(model: onnx.ModelProto, graph_name: str = "graph", shape_inputs=(),
+               dim_bounds: dict[str, int] | None = None) -> list[Problem]:
+    """``shape_inputs=None`` skips the shape-input check (nothing declares them); ``dim_bounds``: the
+    largest value of each named dynamic input dimension (e.g. ``{"N_v": 576}``), to bound shape-derived K."""
+    shape_set = None if shape_inputs is None else set(shape_inputs)
+    return _Linter(graph_name, model, shape_set, dim_bounds).run()
 
 
 BARE_FILE_NOTE = ("note: a bare .onnx file declares no shape inputs (an artifact's manifest does), so the "
@@ -241,6 +261,13 @@ def check_onnx_file(path, plugins: bool = False) -> list[Problem]:
     return lint_model(to_plugin_form(model) if plugins else model, path.stem, shape_inputs=None)
 
 
+def manifest_dim_bounds(manifest: dict) -> dict[str, int]:
+    """Named dynamic dimensions the manifest bounds: ``N_v`` <= ``capacity.max_visual_tokens``
+    (dynamic-resolution artifacts, derived from max_pixels when exported)."""
+    bound = manifest.get("capacity", {}).get("max_visual_tokens")
+    return {} if bound is None else {"N_v": int(bound)}
+
+
 def check_artifact(path, plugins: bool = False) -> list[Problem]:
     """Lint every graph of an artifact (the exported form, or the plugin form with ``plugins``)."""
     from .artifact import GRAPHS, open_artifact
@@ -254,5 +281,7 @@ def check_artifact(path, plugins: bool = False) -> list[Problem]:
         if plugins:
             model = to_plugin_form(model)
         declared = artifact.manifest["graphs"][name].get("shape_inputs", [])
-        problems += lint_model(model, name, declared if not plugins else [])
+        # the plugin form hands visual_start to plugins, except where a pool op has no plugin and stays a
+        # function (the dynamic-N_v ops): there it still feeds a Slice, as the manifest declares
+        problems += lint_model(model, name, declared, manifest_dim_bounds(artifact.manifest))
     return problems

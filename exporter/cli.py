@@ -80,7 +80,7 @@ def _dynamic(model: str) -> bool:
 
 def cmd_generate(args) -> int:
     from .devices import torch_options
-    from .generation import run_generate, save_logits, torch_backend
+    from .generation import ArtifactEncoder, run_generate, save_logits, torch_backend
 
     loaded = None
     if args.backend != "torch" and (args.device != "cpu" or args.torch_dtype):
@@ -91,6 +91,7 @@ def cmd_generate(args) -> int:
         if not args.artifact:
             raise RerouteError(f"--backend {args.backend} needs --artifact DIR (an exported folder)")
         processor, image_token_id, num_visual, backend, eos, artifact = artifact_backend(args.artifact, args.backend)
+        loaded = ArtifactEncoder.of(artifact, processor)
     else:
         if not args.model:
             raise RerouteError("--backend torch needs --model (or give --artifact with --backend onnxruntime)")

@@ -26,6 +26,30 @@ def torch_backend(model: str, method: str, ratio: float, layers=None, keep_ratio
     return loaded, TorchBackend(loaded, schedule, **options)
 
 
+class ArtifactEncoder:
+    """What :func:`run_generate` needs of a loaded model, from an artifact alone (dynamic-resolution
+    families: the family's prompt checks, N_v per image, M-RoPE positions; the model is not loaded)."""
+
+    def __init__(self, artifact, processor):
+        from .registry import FAMILIES
+
+        self.family = FAMILIES[artifact.manifest["model"]["family"]]
+        self.artifact, self.processor, self.config = artifact, processor, artifact.hf_config()
+
+    @classmethod
+    def of(cls, artifact, processor) -> "ArtifactEncoder | None":
+        """None for fixed-resolution artifacts (LLaVA's encoding from the manifest's ids is enough)."""
+        from .registry import FAMILIES
+
+        return cls(artifact, processor) if FAMILIES[artifact.manifest["model"]["family"]].dynamic_visual_tokens \
+            else None
+
+    def encode(self, prompts, images):
+        inputs = self.family.encode(self.processor, self.config, prompts, images)
+        self.artifact.check_visual_tokens(inputs.num_visual)
+        return inputs
+
+
 def check_max_new_tokens(n: int) -> None:
     if not (1 <= n <= MAX_NEW_TOKENS_LIMIT):
         raise RerouteError(f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {n}")

@@ -151,12 +151,8 @@ def weights_dir(spec: str) -> Path | None:
 def load_processor(spec: str, directory: Path | None):
     """The model's processor: the preset's offline one, or the one saved beside the weights."""
     if directory is None:
-        from .presets import PRESETS, build_processor
-
-        return build_processor(PRESETS[spec]["text"]["vocab_size"])
-    from transformers import AutoProcessor
-
+        return family_of_preset(spec).preset_processor(spec)
     try:
-        return AutoProcessor.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+        return family_of(load_config(str(directory))).load_processor(str(directory))
     except (OSError, ValueError) as exc:
         raise RerouteError(f"cannot load the processor of {spec!r}: {_first_line(exc)}") from None

@@ -28,6 +28,7 @@ from engines.graph_modules import build_graph_modules
 from engines.inputs import encode
 from engines.onnx_functions import OPSET, attach_pool_functions
 
+from . import export_dynamic
 from .inspect_model import make_schedule
 from .models import LoadedModel, load_config
 from .preflight import parity_fits, preflight
@@ -71,6 +72,8 @@ def _dynamic_axes(name: str, module, num_layers: int) -> dict:
 
 def _example_inputs(loaded: LoadedModel, modules, dtype) -> dict[str, tuple]:
     """Real inputs for tracing, from one synthetic image and prompt, run through the torch graphs."""
+    if loaded.family.dynamic_visual_tokens:
+        return export_dynamic.example_inputs(loaded, modules, dtype)
     prompt, image = sample(0)
     inputs = encode(loaded.processor, [prompt], [image], loaded.image_token_id, loaded.num_visual)
     ids = torch.from_numpy(inputs.input_ids)
@@ -93,9 +96,13 @@ def _example_inputs(loaded: LoadedModel, modules, dtype) -> dict[str, tuple]:
 
 
 def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int, source: WeightSource,
-                data: DataFile, on_tensor=None) -> None:
-    """Trace ``module`` with its parameters as graph inputs, then stream the real weights into ``data``."""
+                data: DataFile, on_tensor=None, dynamic: bool = False) -> None:
+    """Trace ``module`` with its parameters as graph inputs, then stream the real weights into ``data``.
+    ``dynamic``: a dynamic-resolution family's graph (N_v varies; exporter/export_dynamic.py)."""
     import onnx
+
+    axes = _dynamic_axes(name, module, num_layers)
+    axes = export_dynamic.dynamic_axes(name, axes) if dynamic else axes
 
     scratch = directory / f".scratch-{name}"
     scratch.mkdir()
@@ -107,7 +114,7 @@ def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int
         torch.onnx.export(
             module, args, str(raw), dynamo=False, opset_version=OPSET, export_params=False,
             input_names=module.input_names(), output_names=module.output_names(),
-            dynamic_axes=_dynamic_axes(name, module, num_layers), do_constant_folding=False,
+            dynamic_axes=axes, do_constant_folding=False,
         )
     model = attach_pool_functions(onnx.load(str(raw)))
     shutil.rmtree(scratch)
@@ -159,19 +166,24 @@ def _manifest(loaded: LoadedModel, schedule, dtype_flag: str, directory: Path, m
     kv = [{"layer": i, "visual_tokens": v, "present_len": "sequence" if v == n_v else f"sequence - {n_v - v}"}
           for i, v in enumerate(schedule.visual_tokens_per_layer())]
     tok = loaded.processor.tokenizer
+    ops = ["PoolSelect", "PoolGather", "PoolScatter"]
+    extra_model, extra_capacity = {}, {}
+    if loaded.family.dynamic_visual_tokens:  # one artifact for every N_v up to max_visual_tokens
+        extra_model, extra_capacity = export_dynamic.manifest_entries(loaded)
+        ops = export_dynamic.DYNAMIC_OPS
     return {
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {
             "spec": loaded.spec, "source": loaded.source, "family": family_of(loaded.config).model_type,
             "decoder": cfg.to_dict(), "num_visual": loaded.num_visual, "image_token_id": loaded.image_token_id,
-            "eos_token_id": tok.eos_token_id,
+            "eos_token_id": tok.eos_token_id, **extra_model,
         },
-        "method": schedule.method, "ratio": schedule.ratio, "schedule": schedule.to_dict(),
+        "method": schedule.method, "ratio": schedule.ratio, "schedule": schedule.to_dict(exact=True),
         "dtype": DTYPE_NAMES[dtype_flag], "opset": OPSET,
-        "custom_domain": {"domain": "reroute", "ops": ["PoolSelect", "PoolGather", "PoolScatter"],
+        "custom_domain": {"domain": "reroute", "ops": ops,
                           "bodies": "ONNX local functions (standard ops)"},
-        "capacity": {"max_batch": max_batch, "max_sequence": max_sequence},
+        "capacity": {"max_batch": max_batch, "max_sequence": max_sequence, **extra_capacity},
         "graphs": graphs, "kv": kv, "processor_dir": "processor", "packages": installed_versions(MANIFEST_PACKAGES),
     }
 
@@ -258,6 +270,9 @@ def export_artifact(options: ExportOptions | str, *args, loaded: LoadedModel | N
     max_sequence = o.max_sequence or min(2048, limit)
     if not (num_visual_tokens(config) + 2 <= max_sequence <= limit):
         raise RerouteError(f"--max-sequence must be in [{num_visual_tokens(config) + 2}, {limit}], got {max_sequence}")
+    if family_of(config).dynamic_visual_tokens and not export_dynamic.max_visual_tokens_ok(num_visual_tokens(config)):
+        raise RerouteError(f"max_pixels allows {num_visual_tokens(config)} visual tokens per image; TensorRT's TopK "
+                           f"takes at most 3840: lower max_pixels in the processor")
     dtype = resolve_dtype(o.model, o.dtype, loaded)
     preflight(o.model, config, dtype, loaded)
     parity = o.parity_samples > 0 and parity_fits(o.model, config, dtype, loaded)
@@ -293,7 +308,8 @@ def _export_into(tmp: Path, o: ExportOptions, progress: Progress, schedule, dtyp
             for name in GRAPHS:
                 data = decoder_data if name in DECODER_GRAPHS else DataFile(tmp / f"{name}.onnx.data")
                 with _stage(progress, f"exporting {name}.onnx, streaming its weights") as step:
-                    _export_one(name, modules[name], examples[name], tmp, num_layers, source, data, step.update)
+                    _export_one(name, modules[name], examples[name], tmp, num_layers, source, data, step.update,
+                                source.loaded.family.dynamic_visual_tokens)
                 if data is not decoder_data:
                     data.close()
         finally:
@@ -327,6 +343,8 @@ def _write_manifest(tmp: Path, loaded, schedule, dtype: str, max_batch: int, max
     import json
 
     loaded.processor.save_pretrained(tmp / "processor")
+    if loaded.family.dynamic_visual_tokens:  # its preprocessing needs the config (engines/artifact.py)
+        loaded.config.save_pretrained(tmp / "processor")
     manifest = _manifest(loaded, schedule, dtype, tmp, max_batch, max_sequence)
     manifest["files"] = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))

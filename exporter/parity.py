@@ -16,14 +16,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from engines.artifact import GRAPHS, Artifact, open_artifact
 from engines.backends import open_backend
 from engines.errors import ParityFailure, RerouteError
-from engines.generate import greedy_generate
-from engines.inputs import encode
+from engines.generate import generate_inputs
+from engines.inputs import IMAGE_PLACEHOLDER, encode, stack_inputs
 
 from .registry import FAMILIES
 from .samples import sample
@@ -53,25 +54,48 @@ def make_backend(name: str, artifact: Artifact, loaded=None, plugins: bool = Tru
 
 
 def _encode_samples(artifact: Artifact, processor, count: int):
+    """Synthetic samples; their images differ in size, so a dynamic-resolution family sees several N_v
+    (encoded with the checkpoint config the artifact saved: no weights needed)."""
     model = artifact.manifest["model"]
+    family = FAMILIES[model["family"]]
+    if family.dynamic_visual_tokens:
+        config = artifact.hf_config()
+        return [family.encode(processor, config, [p.replace(IMAGE_PLACEHOLDER, family.placeholder)], [img])
+                for p, img in (sample(i) for i in range(count))]
     return [encode(processor, [p], [img], model["image_token_id"], model["num_visual"])
             for p, img in (sample(i) for i in range(count))]
 
 
-def _graph_feeds(reference, inputs_list) -> dict[str, list[dict]]:
-    """Feeds for each graph, made by the torch reference so every backend sees identical inputs."""
+def _graph_feeds(reference, inputs_list, vision_config=None) -> dict[str, list[dict]]:
+    """Feeds for each graph, made by the torch reference so every backend sees identical inputs.
+
+    Dynamic-resolution samples (``image_grid_thw`` set) also feed the vision index tensors, the M-RoPE
+    positions, ``visual_span`` (whose length is N_v) and 3-D decode positions."""
+    from engines.generate import decode_positions
+    from engines.qwen_vision_inputs import vision_index_inputs
+
     feeds = {g: [] for g in GRAPHS}
-    for inputs in inputs_list:
-        feats = reference.vision(inputs.pixel_values)
-        embeds = reference.embed(inputs.input_ids, feats)
-        pre = reference.prefill(embeds, inputs.visual_start)
+    for x in inputs_list:
+        grid = x.image_grid_thw
+        feats = reference.vision(x.pixel_values) if grid is None else reference.vision(x.pixel_values, grid)
+        embeds = reference.embed(x.input_ids, feats)
+        v0 = np.array([x.visual_start], dtype=np.int64)
+        prefill = {"inputs_embeds": embeds, "visual_start": v0}
+        vision = {"pixel_values": x.pixel_values}
+        if grid is None:
+            pre = reference.prefill(embeds, x.visual_start)
+        else:
+            pre = reference.prefill(embeds, x.visual_start, x.position_ids, num_visual=x.num_visual)
+            vision.update(image_grid_thw=grid, **vision_index_inputs(grid, vision_config))
+            prefill.update(position_ids=x.position_ids,
+                           visual_span=np.arange(x.visual_start, x.visual_start + x.num_visual, dtype=np.int64))
         token = np.argmax(pre.logits, -1)[:, None].astype(np.int64)
         step = reference.embed(token, feats[:, :0])
-        feeds["vision"].append({"pixel_values": inputs.pixel_values})
-        feeds["embed"].append({"input_ids": inputs.input_ids, "image_features": feats})
-        feeds["prefill"].append({"inputs_embeds": embeds,
-                                 "visual_start": np.array([inputs.visual_start], dtype=np.int64)})
-        decode = {"inputs_embeds": step, "position_ids": np.array([[inputs.input_ids.shape[1]]], dtype=np.int64)}
+        feeds["vision"].append(vision)
+        feeds["embed"].append({"input_ids": x.input_ids, "image_features": feats})
+        feeds["prefill"].append(prefill)
+        positions = decode_positions(x.input_ids.shape[1], 0, x.input_ids.shape[0], x.rope_delta)
+        decode = {"inputs_embeds": step, "position_ids": positions}
         for i, (k, v) in enumerate(reference.cache_arrays(pre.cache)):
             decode[f"past_key_values.{i}.key"], decode[f"past_key_values.{i}.value"] = k, v
         feeds["decode"].append(decode)
@@ -194,7 +218,8 @@ def _run_reference(artifact: Artifact, loaded, inputs_list, steps: int, device="
 
     loaded = _reference_model(artifact, loaded)
     reference = make_backend("torch", artifact, loaded, device=device)
-    feeds = _graph_feeds(reference, inputs_list)
+    vision = artifact.manifest["model"].get("vision")  # dynamic resolution: the settings its preprocessing reads
+    feeds = _graph_feeds(reference, inputs_list, None if vision is None else SimpleNamespace(**vision))
     modules = {g: m.to(reference.device) for g, m in build_graph_modules(loaded, artifact.schedule,
                                                                           reference.dtype).items()}
     results = {}
@@ -234,22 +259,20 @@ def _routing_agreement(run_results, artifact: Artifact, names: list[str]) -> dic
 
 
 def _batches(inputs_list, max_batch: int):
-    """Group samples of equal prompt length into batches (each sample still routes on its own)."""
+    """Group samples of equal prompt length, image position and N_v into batches (each still routes alone)."""
     groups: dict[tuple, list[int]] = {}
     for i, x in enumerate(inputs_list):
-        groups.setdefault((x.input_ids.shape[1], x.visual_start), []).append(i)
+        groups.setdefault((x.input_ids.shape[1], x.visual_start, x.num_visual), []).append(i)
     for members in groups.values():
         for start in range(0, len(members), max_batch):
             chunk = members[start : start + max_batch]
-            yield chunk, (np.concatenate([inputs_list[i].input_ids for i in chunk]),
-                          np.concatenate([inputs_list[i].pixel_values for i in chunk]),
-                          inputs_list[chunk[0]].visual_start)
+            yield chunk, stack_inputs([inputs_list[i] for i in chunk])
 
 
 def _greedy_all(backend, inputs_list, steps: int, max_batch: int) -> list[list[int]]:
     out: list[list[int]] = [[] for _ in inputs_list]
-    for chunk, (ids, pixels, v0) in _batches(inputs_list, max_batch):
-        for i, tokens in zip(chunk, greedy_generate(backend, ids, pixels, v0, steps).generated):
+    for chunk, batch in _batches(inputs_list, max_batch):
+        for i, tokens in zip(chunk, generate_inputs(backend, batch, steps).generated):
             out[i] = tokens
     return out
 

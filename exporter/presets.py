@@ -113,7 +113,8 @@ def seeded_init(model: torch.nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, module in sorted(model.named_modules(), key=lambda kv: kv[0]):
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            # Conv3d: Qwen2.5-VL's patch embedding (left out, it kept torch's unseeded init: every load differed)
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)):
                 fan_in = module.weight[0].numel()
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) / fan_in**0.5)
                 if module.bias is not None:

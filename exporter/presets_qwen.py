@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import string
 
+from engines.qwen_processor import images_only_processor
+
 # The release caps images at 451584 pixels (at most 576 visual tokens, SPEC section 9).
 MAX_PIXELS = 451584
 MIN_PIXELS = 56 * 56
@@ -101,27 +103,6 @@ def build_image_processor(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PI
 
     return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14,
                                     temporal_patch_size=2, merge_size=2)
-
-
-def images_only_processor(image_processor, tokenizer, chat_template=None):
-    """Qwen2_5_VLProcessor without its video processor (images only).
-
-    transformers' processor insists on a video processor, which needs torchvision; this subclass declares
-    only the image processor and tokenizer as its parts, so it builds (and saves) without one.
-    """
-    from transformers import Qwen2_5_VLProcessor
-    from transformers.processing_utils import ProcessorMixin
-
-    class Qwen2_5_VLImageProcessor(Qwen2_5_VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
-            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    return Qwen2_5_VLImageProcessor(image_processor, tokenizer,
-                                    chat_template=chat_template or getattr(tokenizer, "chat_template", None))
 
 
 def build_processor(vocab_size: int, max_pixels: int = MAX_PIXELS):

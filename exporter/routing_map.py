@@ -74,8 +74,12 @@ def cropped_image(processor, pixel_values: np.ndarray) -> np.ndarray:
     return np.clip(img.transpose(1, 2, 0), 0.0, 1.0)
 
 
-def draw_routing_map(image: np.ndarray, states: np.ndarray, layers, action: str, out, title: str = "") -> Path:
-    """Draw the panels and write the PNG atomically (temp file in the same folder, then rename)."""
+def draw_routing_map(image: np.ndarray, states: np.ndarray, layers, action: str, out, title: str = "",
+                     grid_shape: tuple[int, int] | None = None) -> Path:
+    """Draw the panels and write the PNG atomically (temp file in the same folder, then rename).
+
+    grid_shape: (rows, columns) of the visual tokens; default square (LLaVA's 24x24). Dynamic-resolution
+    images (Qwen2.5-VL) give their own merged grid, e.g. 11 x 16 for 448x308."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -85,8 +89,9 @@ def draw_routing_map(image: np.ndarray, states: np.ndarray, layers, action: str,
     out = Path(out)
     num, n_v = states.shape
     side = math.isqrt(n_v)
-    if side * side != n_v:
-        raise RerouteError(f"{n_v} visual tokens do not form a square patch grid")
+    rows, cols = grid_shape or (side, side)
+    if rows * cols != n_v:
+        raise RerouteError(f"{n_v} visual tokens do not form a {rows}x{cols} patch grid")
     h, w = image.shape[:2]
     inactive = "deferred" if action == "compact_route" else "deleted"
     fig, axes = plt.subplots(1, num + 1, figsize=(PANEL_IN[0] * (num + 1), PANEL_IN[1]), dpi=DPI)
@@ -94,8 +99,8 @@ def draw_routing_map(image: np.ndarray, states: np.ndarray, layers, action: str,
     axes[0].set_title(f"input ({w}x{h} crop)", fontsize=9)
     for s in range(num):
         ax = axes[s + 1]
-        overlay = np.zeros((side, side, 4), dtype=np.float32)
-        grid = states[s].reshape(side, side)
+        overlay = np.zeros((rows, cols, 4), dtype=np.float32)
+        grid = states[s].reshape(rows, cols)
         for code, rgba in COLORS.items():
             overlay[grid == code] = rgba
         ax.imshow(image, extent=(0, w, h, 0))
@@ -138,7 +143,7 @@ def draw_routing_map(image: np.ndarray, states: np.ndarray, layers, action: str,
 def routing_map(model: str, image: str, prompt: str, method: str, ratio: float, out, layers=None,
                 keep_ratios=None, loaded=None) -> dict:
     """Run the reference once and write the map; returns per-decision-layer counts."""
-    from engines.generate import greedy_generate
+    from engines.generate import generate_inputs
     from engines.inputs import check_prompt, encode, load_image
     from engines.torch_runner import TorchBackend
 
@@ -150,28 +155,47 @@ def routing_map(model: str, image: str, prompt: str, method: str, ratio: float, 
         raise RerouteError(f"--routing-map must name a .png file, got {out}")
     if not out.parent.is_dir():
         raise RerouteError(f"cannot write {out}: folder {out.parent} does not exist")
-    check_prompt(prompt)
     picture = load_image(image)
     loaded = loaded or load_model(model)
+    dynamic = loaded.family.dynamic_visual_tokens
+    if not dynamic:
+        check_prompt(prompt)
     schedule = make_schedule(loaded.config, method, ratio, layers, keep_ratios)
     if not schedule.routed:
         raise RerouteError(f"method {method!r} makes no routing decisions: choose a routed --method for a map")
-    inputs = encode(loaded.processor, [prompt], [picture], loaded.image_token_id, loaded.num_visual)
-    gen = greedy_generate(TorchBackend(loaded, schedule), inputs.input_ids, inputs.pixel_values,
-                          inputs.visual_start, max_new_tokens=1)
-    states = classify_patches([np.asarray(s[0]) for s in gen.selections], loaded.num_visual)
+    if dynamic:  # the family's checks, this image's own N_v and grid
+        inputs = loaded.encode([prompt], [picture])
+    else:
+        inputs = encode(loaded.processor, [prompt], [picture], loaded.image_token_id, loaded.num_visual)
+    gen = generate_inputs(TorchBackend(loaded, schedule), inputs, max_new_tokens=1)
+    num_visual = inputs.num_visual or loaded.num_visual
+    states = classify_patches([np.asarray(s[0]) for s in gen.selections], num_visual)
     title = f"{loaded.spec}: {method}, ratio {schedule.ratio:.4g} ({schedule.action})"
-    draw_routing_map(cropped_image(loaded.processor, inputs.pixel_values), states, schedule.layers,
-                     schedule.action, out, title)
+    if dynamic:
+        grid, shown = _merged_grid(loaded.config, inputs.image_grid_thw[0], picture)
+    else:
+        grid, shown = None, cropped_image(loaded.processor, inputs.pixel_values)
+    draw_routing_map(shown, states, schedule.layers, schedule.action, out, title, grid_shape=grid)
     return {
         "file": str(out),
         "method": method,
         "action": schedule.action,
         "layers": list(schedule.layers),
+        "num_visual": int(num_visual),
         "per_layer": [{"layer": int(d), **{STATE_NAMES[c]: int((states[s] == c).sum())
                                            for c in (ACTIVE, DEFERRED, REENTERED)}}
                       for s, d in enumerate(schedule.layers)],
     }
+
+
+def _merged_grid(config, grid_thw, picture) -> tuple[tuple[int, int], np.ndarray]:
+    """Dynamic resolution: the visual tokens' (rows, columns) after the 2x2 merge, in raster order, and the
+    picture resized as the processor resized it (each token covers a 28x28 square of it)."""
+    merge = config.vision_config.spatial_merge_size
+    rows, cols = int(grid_thw[1]) // merge, int(grid_thw[2]) // merge
+    side = config.vision_config.patch_size * merge
+    shown = np.asarray(picture.resize((cols * side, rows * side)), dtype=np.float32) / 255.0
+    return (rows, cols), shown
 
 
 def routing_map_for_cli(args) -> dict:

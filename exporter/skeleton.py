@@ -36,11 +36,12 @@ def _parameters_on_meta():
 
 
 def meta_model(config):
-    """transformers' LlavaForConditionalGeneration for ``config`` with every parameter on meta."""
-    from transformers import LlavaForConditionalGeneration
+    """The family's transformers model (LLaVA, Qwen2.5-VL) for ``config`` with every parameter on meta."""
+    from .registry import family_of
 
+    model_class = family_of(config).model_class()
     with _parameters_on_meta():
-        return LlavaForConditionalGeneration(config).eval()
+        return model_class(config).eval()
 
 
 def stand_in_model(config, dtype: torch.dtype):
@@ -81,7 +82,7 @@ def write_preset_checkpoint(config, seed: int, path: Path) -> None:
     try:
         for name, module in sorted(model.named_modules(), key=lambda kv: kv[0]):
             prefix = f"{name}." if name else ""
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):  # Conv3d: Qwen2.5-VL's patch embedding
                 shape = module.weight.shape
                 put(prefix + "weight", torch.randn(shape, generator=gen) / module.weight[0].numel() ** 0.5)
                 if module.bias is not None:

@@ -19,7 +19,7 @@ import torch
 
 from .checkpoint_io import CheckpointReader
 from .models import LoadedModel, _kind, load_config, load_processor, weights_dir
-from .presets import PRESETS
+from .registry import family_of
 from .skeleton import stand_in_model, write_preset_checkpoint
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -66,7 +66,7 @@ def open_source(spec: str, dtype_flag: str, scratch_parent: Path, loaded: Loaded
     if directory is None:  # a preset: write its seeded weights once, tensor by tensor
         scratch = Path(scratch_parent) / ".weights"
         scratch.mkdir()
-        write_preset_checkpoint(config, PRESETS[spec]["seed"], scratch / "model.safetensors")
+        write_preset_checkpoint(config, family_of(config).preset_seed(spec), scratch / "model.safetensors")
         reader, source = CheckpointReader(scratch), f"preset:{spec}"
     else:
         reader, source = CheckpointReader(directory), str(directory)

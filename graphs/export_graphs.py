@@ -7,6 +7,7 @@ debug outputs give the original visual indices selected at decision ``s``.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .routed import RoutedDecoder
@@ -40,8 +41,26 @@ class PrefillGraph(nn.Module):
         return (out.logits, *[t for kv in out.cache for t in kv], *out.selections)
 
 
+class DynamicPrefillGraph(PrefillGraph):
+    """Dynamic-resolution prefill (Qwen2.5-VL): any N_v up to the decoder's bound, M-RoPE positions in.
+
+    (inputs_embeds [B,T,d], visual_start [1], position_ids [3,B,T], visual_span [N_v]) -> as PrefillGraph.
+    ``visual_span`` holds the span's prompt indices (visual_start + 0..N_v-1); the graph reads only its
+    length, so N_v and every k_s = max(1, floor(N_v r_s)) are shape-derived (graphs/capacity.py), which
+    is what lets TensorRT bound TopK's K from the artifact's max_pixels.
+    """
+
+    def input_names(self) -> list[str]:
+        return ["inputs_embeds", "visual_start", "position_ids", "visual_span"]
+
+    def forward(self, inputs_embeds, visual_start, position_ids, visual_span):
+        num_visual = torch._shape_as_tensor(visual_span)[0]  # 0-d int64, a Shape node when exported
+        out = self.decoder.prefill(inputs_embeds, visual_start, position_ids, num_visual=num_visual)
+        return (out.logits, *[t for kv in out.cache for t in kv], *out.selections)
+
+
 class DecodeGraph(nn.Module):
-    """(inputs_embeds [B,1,d], position_ids [B,1], past_key_values.*) -> logits [B,V], present.*"""
+    """(inputs_embeds [B,1,d], position_ids [B,1] or [3,B,1] (M-RoPE), past_key_values.*) -> logits, present.*"""
 
     def __init__(self, decoder: RoutedDecoder):
         super().__init__()

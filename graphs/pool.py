@@ -131,3 +131,58 @@ def pool_gather(x, selected, v0, *, num_candidates: int) -> torch.Tensor:
 def pool_scatter(x, compact, selected, v0, *, num_candidates: int) -> torch.Tensor:
     """Write a stage's compact results back; deferred tokens keep their frozen state. -> [B, n, C]."""
     return _PoolScatter.apply(x, compact, selected, v0, num_candidates)
+
+
+# --- dynamic N_v (dynamic-resolution families): candidates and k are int64 [1] tensors computed in the graph ---
+# Same semantics as above; the exported nodes are ``reroute::Pool*Dynamic`` with those sizes as inputs instead
+# of attributes (engines/onnx_functions.py), so one graph serves every image size up to its bound.
+
+class _PoolSelectDynamic(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_last, keys, v0, k, num_candidates, scale):
+        scores = pool_scores(q_last, keys, _as_int(v0), _as_int(num_candidates), scale)
+        return select_top(scores, _as_int(k))
+
+    @staticmethod
+    def symbolic(g, q_last, keys, v0, k, num_candidates, scale):
+        out = g.op(f"{DOMAIN}::PoolSelectDynamic", q_last, keys, v0, k, num_candidates, scale_f=scale)
+        out.setType(v0.type().with_dtype(torch.int64).with_sizes([None, None]))  # [B, k]
+        return out
+
+
+class _PoolGatherDynamic(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, selected, v0, num_candidates):
+        return _PoolGather.forward(ctx, x, selected, v0, _as_int(num_candidates))
+
+    @staticmethod
+    def symbolic(g, x, selected, v0, num_candidates):
+        out = g.op(f"{DOMAIN}::PoolGatherDynamic", x, selected, v0, num_candidates)
+        sizes = x.type().varyingSizes() or [None] * 3
+        out.setType(x.type().with_sizes([None, None, sizes[2]]))  # [B, n - P + k, C]
+        return out
+
+
+class _PoolScatterDynamic(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, compact, selected, v0, num_candidates):
+        return _PoolScatter.forward(ctx, x, compact, selected, v0, _as_int(num_candidates))
+
+    @staticmethod
+    def symbolic(g, x, compact, selected, v0, num_candidates):
+        out = g.op(f"{DOMAIN}::PoolScatterDynamic", x, compact, selected, v0, num_candidates)
+        out.setType(x.type())  # [B, n, C]
+        return out
+
+
+def pool_select_dynamic(q_last, keys, v0, *, k: torch.Tensor, num_candidates: torch.Tensor, scale: float):
+    """:func:`pool_select` with ``k`` and ``num_candidates`` as int64 [1] tensors (shape-derived)."""
+    return _PoolSelectDynamic.apply(q_last, keys, v0, k, num_candidates, float(scale))
+
+
+def pool_gather_dynamic(x, selected, v0, *, num_candidates: torch.Tensor) -> torch.Tensor:
+    return _PoolGatherDynamic.apply(x, selected, v0, num_candidates)
+
+
+def pool_scatter_dynamic(x, compact, selected, v0, *, num_candidates: torch.Tensor) -> torch.Tensor:
+    return _PoolScatterDynamic.apply(x, compact, selected, v0, num_candidates)

@@ -23,7 +23,9 @@ from torch import nn
 from .config import DecoderConfig
 from .layers import DecoderLayer, RMSNorm, Rotary
 from .mrope import gather_positions
-from .pool import pool_gather, pool_scatter, pool_select
+from .capacity import StageCoefficients, stage_coefficients, stage_sizes
+from .pool import (pool_gather, pool_gather_dynamic, pool_scatter, pool_scatter_dynamic, pool_select,
+                   pool_select_dynamic)
 from .schedule import DELETE, ROUTE, Schedule
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: ([B, KVH, n_l, hd], [B, KVH, n_l, hd])
@@ -50,6 +52,12 @@ class RoutedDecoder(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self._stage_at = {layer: s for s, layer in enumerate(schedule.layers)}
+        self.coefficients: StageCoefficients | None = None  # set by with_dynamic_capacity
+
+    def with_dynamic_capacity(self, bound: int) -> "RoutedDecoder":
+        """Let :meth:`prefill` take N_v as a tensor (any N_v in 1..bound, k_s computed in the graph)."""
+        self.coefficients = stage_coefficients(self.schedule, bound)
+        return self
 
     @classmethod
     def from_hf(cls, hf_model, cfg: DecoderConfig, schedule: Schedule) -> "RoutedDecoder":
@@ -61,44 +69,58 @@ class RoutedDecoder(nn.Module):
         model.rotary = Rotary(cfg)  # the buffer was created on meta
         return model.to(dtype=hf_model.lm_head.weight.dtype).eval()
 
-    def _score_and_gather(self, sch: Schedule, layer: DecoderLayer, full, full_pos, v0, stage: int,
-                          full_mask=None):
+    def _score_and_gather(self, layer: DecoderLayer, full, full_pos, v0, size, full_mask=None):
         """Score the pool at a decision layer, pick k_s, gather the compact sequence.
 
+        size: (candidates P, capacity k) of this stage, ints (static) or int64 [1] tensors (N_v dynamic).
         Scoring needs input_layernorm and k_proj over every token; the kept tokens' rows of both are
         gathered with the sequence and handed to the layer, which would otherwise recompute them.
         """
         attn = layer.self_attn
-        candidates = sch.candidates(stage)
+        candidates, k = size
         h = layer.input_layernorm(full)  # [B, n, d]
         k_lin = attn.k_proj(h)  # [B, n, KVH * hd], before RoPE
         cos, sin = self.rotary(full_pos, h.dtype)  # ORIGINAL positions (1-D or M-RoPE)
         q_last = attn.query(h[:, -1:], cos[:, -1:], sin[:, -1:])[:, :, 0]  # [B, H, hd]
         keys = attn.rope_key(k_lin, cos, sin)  # [B, KVH, n, hd]
-        selected = pool_select(
-            q_last, keys, v0, k=sch.k[stage], num_candidates=candidates, scale=self.cfg.head_dim**-0.5,
-            key_mask=full_mask,
-        )  # [B, k_s]
+        scale = self.cfg.head_dim**-0.5
+        if isinstance(k, torch.Tensor):  # N_v dynamic (exported Qwen graphs): no padding masks there
+            selected = pool_select_dynamic(q_last, keys, v0, k=k, num_candidates=candidates, scale=scale)
+        else:
+            selected = pool_select(q_last, keys, v0, k=k, num_candidates=candidates, scale=scale,
+                                   key_mask=full_mask)  # [B, k_s]
 
         def gather(t):  # [B, n, C] -> [B, n - P + k_s, C]
-            return pool_gather(t, selected, v0, num_candidates=candidates)
+            return _gather(t, selected, v0, candidates)
 
         x_pos = gather_positions(gather, full_pos)  # [B, n - P + k_s] or [3, B, n - P + k_s]
         x_mask = None if full_mask is None else gather(full_mask[..., None].long())[..., 0].bool()
         return selected, gather(full), x_pos, gather(h), gather(k_lin), x_mask
 
+    def _stage_sizes(self, sch: Schedule, num_visual):
+        """Per stage (candidates, k): from the schedule, or computed from the N_v tensor (dynamic export)."""
+        if isinstance(num_visual, torch.Tensor):
+            if self.coefficients is None:
+                raise ValueError("a tensor N_v needs with_dynamic_capacity(bound) first")
+            return stage_sizes(self.coefficients, num_visual)
+        return [(sch.candidates(s), sch.k[s]) for s in range(len(sch.layers))]
+
     def prefill(self, inputs_embeds: torch.Tensor, visual_start, positions: torch.Tensor | None = None,
-                schedule: Schedule | None = None, attention_mask: torch.Tensor | None = None) -> PrefillOutput:
+                schedule: Schedule | None = None, attention_mask: torch.Tensor | None = None,
+                num_visual: torch.Tensor | None = None) -> PrefillOutput:
         """inputs_embeds: [B, T, d] with the visual span at [visual_start, visual_start + N_v).
 
         visual_start: one start (int / one-element tensor) or one per sample ([B]);
         positions: the prompt's position ids, [B, T] or [3, B, T] (M-RoPE); default 0..T-1;
         schedule: this batch's schedule when N_v differs from the one built in (same layers, k_s per N_v);
-        attention_mask: [B, T], 0 at left padding.
+        attention_mask: [B, T], 0 at left padding;
+        num_visual: N_v as an int64 tensor (exported graphs: read from a shape); every k_s is then
+        computed from it in the graph (graphs/capacity.py) instead of taken from the schedule.
         """
         sch = self.schedule if schedule is None else schedule
         if sch.layers != self.schedule.layers:
             raise ValueError(f"schedule layers {sch.layers} differ from the model's {self.schedule.layers}")
+        sizes = self._stage_sizes(sch, num_visual)
         b, t, _ = inputs_embeds.shape
         x = inputs_embeds
         # [B, T], or [3, B, T] with M-RoPE
@@ -112,11 +134,11 @@ class RoutedDecoder(nn.Module):
             if stage is not None:
                 if stage > 0 and sch.action == ROUTE:
                     # scatter the stage's results back into the pool; deferred tokens stay frozen
-                    full = pool_scatter(full, x, selected, visual_start, num_candidates=sch.num_visual)
+                    full = _scatter(full, x, selected, visual_start, sizes[0][0])  # P = N_v when routing
                 else:  # first decision, or deletion: the current sequence is the new candidate set
                     full, full_pos, full_mask = x, x_pos, x_mask
                 selected, x, x_pos, normed, k_lin, x_mask = self._score_and_gather(
-                    sch, layer, full, full_pos, visual_start, stage, full_mask)
+                    layer, full, full_pos, visual_start, sizes[stage], full_mask)
                 if sch.action == DELETE and stage > 0:
                     # survivors are indexed within the previous survivors: map back to original indices
                     selections.append(torch.gather(selections[-1], 1, selected))
@@ -145,6 +167,18 @@ class RoutedDecoder(nn.Module):
             new_cache.append(kv)
         logits = self.lm_head(self.norm(x))[:, 0]  # [B, vocab]
         return logits, new_cache
+
+
+def _gather(x, selected, v0, candidates):
+    if isinstance(candidates, torch.Tensor):
+        return pool_gather_dynamic(x, selected, v0, num_candidates=candidates)
+    return pool_gather(x, selected, v0, num_candidates=candidates)
+
+
+def _scatter(x, compact, selected, v0, candidates):
+    if isinstance(candidates, torch.Tensor):
+        return pool_scatter_dynamic(x, compact, selected, v0, num_candidates=candidates)
+    return pool_scatter(x, compact, selected, v0, num_candidates=candidates)
 
 
 def _decoder_state(language_model, lm_head) -> dict:

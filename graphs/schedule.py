@@ -108,7 +108,9 @@ class Schedule:
         return replace(self, num_visual=num_visual, k=_per_image_capacities(num_visual, self.keep_ratios,
                                                                             self.action))
 
-    def to_dict(self) -> dict:
+    def to_dict(self, exact: bool = False) -> dict:
+        """``exact``: keep ratios at full precision (manifests: a dynamic-N_v graph recomputes every k_s
+        from them, so the artifact must record the very values it was built with); else rounded for reports."""
         return {
             "method": self.method,
             "action": self.action,
@@ -116,7 +118,7 @@ class Schedule:
             "num_layers": self.num_layers,
             "num_visual": self.num_visual,
             "layers": list(self.layers),
-            "keep_ratios": [round(r, 6) for r in self.keep_ratios],
+            "keep_ratios": [float(r) if exact else round(r, 6) for r in self.keep_ratios],
             "k": list(self.k),
             "value": self.value,
             "explicit": self.explicit,

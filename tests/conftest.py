@@ -30,6 +30,22 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def qwen_tiny():
+    return load_model("qwen2.5-vl-tiny")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny widths: intra-op threads only contend (40x slower on a loaded 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def gqa_dir(tmp_path_factory):
     """A save_pretrained directory (config, safetensors, tokenizer, processor) with GQA and other widths."""
     from transformers import LlavaForConditionalGeneration

@@ -32,18 +32,7 @@ DIR_TEXT = dict(hidden_size=96, intermediate_size=200, num_hidden_layers=28, num
 DIR_VISION = dict(depth=3, hidden_size=48, intermediate_size=96, num_heads=3, fullatt_block_indexes=[2])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny widths: intra-op threads only contend (40x slower on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def qwen_tiny():
-    return load_model("qwen2.5-vl-tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; qwen_tiny comes from there too
 
 
 @pytest.fixture(scope="module")

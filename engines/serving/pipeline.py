@@ -30,7 +30,7 @@ import numpy as np
 
 from ..backends import open_backend
 from ..errors import RerouteError
-from ..inputs import IMAGE_PLACEHOLDER, ImageError, decode_image, visual_span_start
+from ..inputs import IMAGE_PLACEHOLDER, ImageError, PromptInputs, decode_image, stack_inputs, visual_span_start
 from .stats import ServeStats
 
 MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
@@ -68,18 +68,21 @@ class RequestRefused(Exception):
 @dataclass
 class Job:
     input_ids: np.ndarray  # [1, T] int64
-    pixel_values: np.ndarray  # [1, 3, H, W] float32
+    pixel_values: np.ndarray  # [1, 3, H, W] float32 (Qwen2.5-VL: [patches, C * 2 * 14 * 14])
     visual_start: int
     max_new_tokens: int
     future: Future = field(default_factory=Future)
     deadline: float | None = None  # time.monotonic() after which nobody waits for the answer
+    inputs: PromptInputs | None = None  # dynamic-resolution artifacts: grid, M-RoPE positions, N_v
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline
 
     @property
-    def key(self) -> tuple[int, int]:
-        return self.input_ids.shape[1], self.visual_start
+    def key(self) -> tuple[int, int, int]:
+        """Jobs batch together only with the same length, image position and N_v."""
+        num_visual = 0 if self.inputs is None else self.inputs.num_visual
+        return self.input_ids.shape[1], self.visual_start, num_visual
 
 
 class Pipeline:
@@ -101,6 +104,8 @@ class Pipeline:
         if not 1 <= self.max_batch <= limit:
             raise RerouteError(f"--max-batch must be in [1, {limit}] (the artifact's capacity), got {self.max_batch}")
         self.processor = self.artifact.processor()
+        # dynamic-resolution artifacts (Qwen2.5-VL) encode with the family's rules and the saved config
+        self.hf_config = self.artifact.hf_config() if model.get("family") == "qwen2_5_vl" else None
         self.backend = open_backend(backend, self.artifact, plugins=plugins, threads=threads)
         self._prep_lock = threading.Lock()  # the fast tokenizer is not safe to call from threads at once
 
@@ -111,7 +116,7 @@ class Pipeline:
         except UnicodeDecodeError:
             raise BadRequest("input 'prompt' is not valid UTF-8") from None
         count = text.count(IMAGE_PLACEHOLDER)
-        if count != 1:
+        if count != 1 and self.hf_config is None:
             raise BadRequest(f"input 'prompt' must contain exactly one {IMAGE_PLACEHOLDER} placeholder, found {count}")
         if not 1 <= max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
             raise BadRequest(f"input 'max_new_tokens' must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {max_new_tokens}")
@@ -125,6 +130,8 @@ class Pipeline:
             picture = decode_image(io.BytesIO(image), "input 'image'")
         except ImageError as exc:  # unreadable, truncated or over the pixel limit: this request only
             raise BadRequest(str(exc)) from None
+        if self.hf_config is not None:
+            return self._prepare_dynamic(text, picture, max_new_tokens)
         with self._prep_lock:
             batch = self.processor(images=[picture], text=[text], return_tensors="np")
         input_ids = np.asarray(batch["input_ids"], dtype=np.int64)
@@ -138,14 +145,34 @@ class Pipeline:
                              f"that exceeds the exported capacity of {self.capacity['max_sequence']} tokens")
         return Job(input_ids, np.asarray(batch["pixel_values"], dtype=np.float32), start, max_new_tokens)
 
+    def _prepare_dynamic(self, text: str, picture, max_new_tokens: int) -> Job:
+        """Qwen2.5-VL: one <|image_pad|> inside <|vision_start|>...<|vision_end|>, N_v within the capacity."""
+        from ..qwen_inputs import encode
+
+        try:
+            with self._prep_lock:
+                inputs = encode(self.processor, self.hf_config, [text], [picture])
+            self.artifact.check_visual_tokens(inputs.num_visual)
+        except RerouteError as exc:
+            raise BadRequest(f"input 'prompt' or 'image': {exc}") from None
+        total = inputs.input_ids.shape[1] + max_new_tokens
+        if total > self.capacity["max_sequence"]:
+            raise BadRequest(f"input 'prompt' is {inputs.input_ids.shape[1]} tokens; with max_new_tokens "
+                             f"{max_new_tokens} that exceeds the exported capacity of "
+                             f"{self.capacity['max_sequence']} tokens")
+        return Job(inputs.input_ids, inputs.pixel_values, inputs.visual_start, max_new_tokens, inputs=inputs)
+
     def run(self, jobs: list[Job]) -> list[tuple[list[int], str]]:
         """Generate for jobs that share a key, as one batch: (token ids, text) per job."""
-        from ..generate import greedy_generate
+        from ..generate import generate_inputs, greedy_generate
 
-        input_ids = np.concatenate([j.input_ids for j in jobs])
-        pixels = np.concatenate([j.pixel_values for j in jobs])
         steps = max(j.max_new_tokens for j in jobs)
-        gen = greedy_generate(self.backend, input_ids, pixels, jobs[0].visual_start, steps, self.eos_token_id)
+        if jobs[0].inputs is not None:
+            gen = generate_inputs(self.backend, stack_inputs([j.inputs for j in jobs]), steps, self.eos_token_id)
+        else:
+            input_ids = np.concatenate([j.input_ids for j in jobs])
+            pixels = np.concatenate([j.pixel_values for j in jobs])
+            gen = greedy_generate(self.backend, input_ids, pixels, jobs[0].visual_start, steps, self.eos_token_id)
         out = []
         for job, tokens in zip(jobs, gen.generated):
             tokens = [int(t) for t in tokens[: job.max_new_tokens]]

@@ -32,7 +32,7 @@ def _ensure_artifact(root: Path, loaded, schedule) -> Path:
     if manifest.is_file():
         try:
             data = json.loads(manifest.read_text())
-            if (data["model"]["spec"] == loaded.spec and data["schedule"] == schedule.to_dict()
+            if (data["model"]["spec"] == loaded.spec and data["schedule"] == schedule.to_dict(exact=True)
                     and data["dtype"] == "float32"):
                 return path
         except (ValueError, KeyError):

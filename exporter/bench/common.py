@@ -53,17 +53,18 @@ def _paired(values, base) -> dict:
     return summarize([v / b for v, b in zip(values, base)])
 
 
-def bench_prompt(processor, text_tokens: int) -> str:
+def bench_prompt(processor, text_tokens: int, placeholder: str = "<image>") -> str:
     """A ``USER: <image>\\n... ASSISTANT:`` prompt whose non-image tokens number exactly ``text_tokens``.
 
     The paper measures at 616 tokens (576 visual + 40 text). The question is a
     prefix of a fixed sentence, grown one character at a time until the
-    tokenizer (BOS included) gives ``text_tokens`` tokens besides ``<image>``.
+    tokenizer (BOS included) gives ``text_tokens`` tokens besides the one image token of ``placeholder``
+    (Qwen2.5-VL's ``<|vision_start|><|image_pad|><|vision_end|>``: its start and end count as text).
     """
     tok = processor.tokenizer
 
     def count(question: str) -> int:
-        prompt = f"USER: <image>\n{question} ASSISTANT:"
+        prompt = f"USER: {placeholder}\n{question} ASSISTANT:"
         return len(tok(prompt)["input_ids"]) - 1, prompt
 
     shortest, prompt = count("")

@@ -44,13 +44,14 @@ def kv_nbytes(cache) -> int:
 
 
 def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, seq_len, table, options,
-               progress, mem) -> dict:
+               progress, mem, wrap=lambda backend: backend) -> dict:
     """Interleaved timing of one ratio group. Returns {(method, backend): measurements}.
 
     A round is one call sequence over every (backend, config). With ``min_cpu_share > 0`` a round in
     which any call got less than that share of the usable cores (process CPU time / (wall x cores): other
     work took them) is set aside and repeated, up to ``2 * runs`` extra rounds; if too few rounds are
     clean, the least contended of the set-aside ones fill up (and are counted as such).
+    ``wrap``: binds a dynamic-resolution prompt's positions and N_v to each backend (bench/dynamic.py).
     """
     from engines.ort_runner import OrtBackend
     from engines.torch_runner import TorchBackend
@@ -61,12 +62,12 @@ def _run_group(ratio, configs, backends, loaded, paths, decode_ort, embeds, v0, 
     for b in backends:
         for s in configs:
             if b == "torch":
-                torch_backend = TorchBackend(loaded, s, **(options.torch_options or {}))
+                torch_backend = wrap(TorchBackend(loaded, s, **(options.torch_options or {})))
                 runners[(s.method, b)] = (torch_backend, torch_backend)
                 data[(s.method, b)] = {"session_mib": 0.0}
             else:
                 mem.start()
-                pre = OrtBackend(open_artifact(paths[s.method], verify=False), graphs=("prefill",))
+                pre = wrap(OrtBackend(open_artifact(paths[s.method], verify=False), graphs=("prefill",)))
                 runners[(s.method, b)] = (pre, decode_ort)
                 data[(s.method, b)] = {"session_mib": _mib(mem.peak_growth())}
             data[(s.method, b)].update(prefill=[], decode=[], peak_prefill=None, peak_decode=None, prefill_cpu=[],

@@ -100,6 +100,7 @@ def run_bench(options: BenchOptions, loaded=None) -> dict:
     from ..inspect_model import make_schedule
     from ..models import load_config, load_model
     from ..samples import synthetic_image
+    from .dynamic import BoundPrompt, per_image
 
     o = options
     methods = _dedupe([m.strip() for m in o.methods])
@@ -140,9 +141,16 @@ def run_bench(options: BenchOptions, loaded=None) -> dict:
     baseline = solve_schedule(BASELINE, 1.0, cfg.num_layers, num_visual)
 
     # one prompt of exactly text_tokens text tokens + the image: the same inputs for every config
-    prompt = bench_prompt(loaded.processor, o.text_tokens)
+    dynamic = loaded.family.dynamic_visual_tokens
+    prompt = bench_prompt(loaded.processor, o.text_tokens, loaded.family.placeholder)
     image = synthetic_image(0, size=(336, 336))
-    inputs = encode(loaded.processor, [prompt], [image], loaded.image_token_id, num_visual)
+    if dynamic:  # the image's own N_v (336x336: 144 for patch 14); artifacts keep their capacity
+        inputs = loaded.encode([prompt], [image])
+        num_visual = inputs.num_visual
+    else:
+        inputs = encode(loaded.processor, [prompt], [image], loaded.image_token_id, num_visual)
+    wrap = (lambda backend: BoundPrompt(backend, inputs)) if dynamic else (lambda backend: backend)
+    image_n = num_visual if dynamic else None
     seq_len = int(inputs.input_ids.shape[1])
     text = seq_len - num_visual
     if text != o.text_tokens:
@@ -151,7 +159,8 @@ def run_bench(options: BenchOptions, loaded=None) -> dict:
     from engines.torch_runner import TorchBackend
 
     ref = TorchBackend(loaded, baseline)
-    embeds = ref.embed(inputs.input_ids, ref.vision(inputs.pixel_values))  # [1, T, d] float32
+    features = ref.vision(inputs.pixel_values, inputs.image_grid_thw) if dynamic else ref.vision(inputs.pixel_values)
+    embeds = ref.embed(inputs.input_ids, features)  # [1, T, d] float32
     table = loaded.hf_model.get_input_embeddings().weight.detach().float().numpy()  # decode-step embeddings
     del ref
 
@@ -168,7 +177,7 @@ def run_bench(options: BenchOptions, loaded=None) -> dict:
         if "onnxruntime" in backends:
             with progress("export/reuse the unrouted artifact and open the shared ONNX Runtime decode session"):
                 baseline_path = _ensure_artifact(root, loaded, baseline)
-                decode_ort = OrtBackend(open_artifact(baseline_path, verify=False), graphs=("decode",))
+                decode_ort = wrap(OrtBackend(open_artifact(baseline_path, verify=False), graphs=("decode",)))
         for ratio, scheds in groups:
             configs = [baseline, *scheds]
             paths = {}
@@ -184,12 +193,12 @@ def run_bench(options: BenchOptions, loaded=None) -> dict:
             here = [b for b in backends if b != "torch" or o.torch_ratios is None
                     or any(abs(ratio - r) < 1e-9 for r in o.torch_ratios)]
             group = _run_group(ratio, configs, here, loaded, paths, decode_ort, embeds, v0, seq_len, table,
-                               o, progress, mem)
+                               o, progress, mem, wrap)
             for s in configs:
-                th = theory(cfg, s, text)
+                th = theory(cfg, per_image(s, image_n), text)
                 for b in here:
-                    results.append(_result_row(s, ratio, b, group, th, cfg))
-            if "onnxruntime" in backends and ratio in profile_ratios:
+                    results.append(_result_row(per_image(s, image_n), ratio, b, group, th, cfg))
+            if "onnxruntime" in backends and ratio in profile_ratios and not dynamic:
                 with progress(f"ratio {ratio_label(ratio)}: profiles (ONNX Runtime prefill + decode step, "
                               "torch prefill)"):
                     profiles.extend(_profile_group(ratio, configs, paths, embeds, v0, seq_len, table, cfg,
@@ -212,6 +221,10 @@ def run_bench(options: BenchOptions, loaded=None) -> dict:
         if own_root:
             shutil.rmtree(root, ignore_errors=True)
 
+    if dynamic:
+        notes.append(f"dynamic resolution: the 336x336 bench image gives {num_visual} visual tokens; every k_s, "
+                     f"FLOPs and KV figure is for that N_v; the artifacts accept up to {loaded.num_visual} "
+                     f"(k_s computed in the graph); --profile is not run for this family yet")
     if "onnxruntime" in backends:
         notes.append("ONNX Runtime: one InferenceSession per routed prefill graph, default options "
                      "(ORT_ENABLE_ALL, intra_op_num_threads=0 = one thread per physical core); one decode session "

@@ -60,6 +60,22 @@ class Family:
     def from_pretrained(self, source: str, local_only: bool, dtype):
         raise NotImplementedError
 
+    def model_class(self):
+        """transformers' class for this family (the streamed export builds a weightless one to trace)."""
+        raise NotImplementedError
+
+    def preset_seed(self, name: str) -> int:
+        raise NotImplementedError
+
+    def preset_processor(self, name: str):
+        raise NotImplementedError
+
+    def load_processor(self, directory: str):
+        """The processor saved beside a checkpoint's weights."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+
     def decoder_config(self, config) -> DecoderConfig:
         raise NotImplementedError
 
@@ -74,6 +90,16 @@ class Family:
     # --- reference modules ----------------------------------------------------------------------------
     def vision_encoder(self, hf_model):
         raise NotImplementedError
+
+    def vision_graph(self, hf_model):
+        """The vision module in export form (what ``export`` traces): LLaVA's takes pixel_values only."""
+        from graphs.export_graphs import VisionGraph
+
+        return VisionGraph(self.vision_encoder(hf_model))
+
+    def manifest_model_fields(self, config, processor) -> dict:
+        """Family-specific entries of the manifest's ``model`` section (none for fixed-resolution families)."""
+        return {}
 
     def merge_embedding(self, hf_model):
         from graphs.llava import MergeEmbedding

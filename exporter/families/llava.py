@@ -35,6 +35,21 @@ class LlavaFamily(Family):
         processor = AutoProcessor.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
         return model.eval(), processor
 
+    def model_class(self):
+        from transformers import LlavaForConditionalGeneration
+
+        return LlavaForConditionalGeneration
+
+    def preset_seed(self, name: str) -> int:
+        from ..presets import PRESETS
+
+        return PRESETS[name]["seed"]
+
+    def preset_processor(self, name: str):
+        from ..presets import PRESETS, build_processor
+
+        return build_processor(PRESETS[name]["text"]["vocab_size"])
+
     def decoder_config(self, config) -> DecoderConfig:
         """Text-model dimensions read through optimum's normalized configs."""
         from optimum.utils.normalized_config import NormalizedConfigManager
