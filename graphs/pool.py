@@ -34,6 +34,11 @@ def _starts(v0, batch: int, device) -> torch.Tensor:
     return v0.reshape(-1, 1).long().to(device).expand(batch, 1)
 
 
+def _as_int(v) -> int:
+    """A size that may arrive as a one-element int64 tensor (shape-derived in exported graphs)."""
+    return int(v.reshape(-1)[0]) if isinstance(v, torch.Tensor) else int(v)
+
+
 def pool_scores(q_last: torch.Tensor, keys: torch.Tensor, v0, num_candidates: int, scale: float,
                 key_mask: torch.Tensor | None = None):
     """Head-averaged attention of the last token over the candidate span, fp32.
@@ -140,7 +145,7 @@ def pool_scatter(x, compact, selected, v0, *, num_candidates: int) -> torch.Tens
 class _PoolSelectDynamic(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_last, keys, v0, k, num_candidates, scale):
-        scores = pool_scores(q_last, keys, _as_int(v0), _as_int(num_candidates), scale)
+        scores = pool_scores(q_last, keys, v0, _as_int(num_candidates), scale)
         return select_top(scores, _as_int(k))
 
     @staticmethod

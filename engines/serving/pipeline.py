@@ -109,6 +109,13 @@ class Pipeline:
         self.backend = open_backend(backend, self.artifact, plugins=plugins, threads=threads)
         self._prep_lock = threading.Lock()  # the fast tokenizer is not safe to call from threads at once
 
+    @property
+    def probe_prompt(self) -> str:
+        """A minimal valid prompt for this artifact's family (the readiness self-request)."""
+        if self.hf_config is not None:
+            return "<|vision_start|><|image_pad|><|vision_end|>ready?"
+        return f"USER: {IMAGE_PLACEHOLDER}\nready? ASSISTANT:"
+
     def prepare(self, prompt: bytes, image: bytes, max_new_tokens: int) -> Job:
         """Check one request and turn it into model inputs; BadRequest names the problem."""
         try:

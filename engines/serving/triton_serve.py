@@ -239,7 +239,7 @@ def _model_config(options: ServeOptions):
                        batcher=DynamicBatcher(max_queue_delay_microseconds=0, default_queue_policy=policy))
 
 
-def _answer_once(host: str, port: int, model_name: str, timeout: float = 120.0) -> None:
+def _answer_once(host: str, port: int, model_name: str, prompt: str, timeout: float = 120.0) -> None:
     """One real request through HTTP (a synthetic image, one new token): the model answers, or RerouteError."""
     import io
 
@@ -252,7 +252,7 @@ def _answer_once(host: str, port: int, model_name: str, timeout: float = 120.0) 
     address = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     client = make_client(f"http://{address}:{port}" if ":" not in address else f"http://[{address}]:{port}", timeout)
     try:
-        infer(client, "USER: <image>\nready? ASSISTANT:", buf.getvalue(), 1, model_name)
+        infer(client, prompt, buf.getvalue(), 1, model_name)
     except Exception as exc:
         raise RerouteError(f"the model did not answer its first request: {server_message(exc)}") from None
     finally:
@@ -335,7 +335,8 @@ def serve(artifact_dir: str | os.PathLike, options: ServeOptions | None = None, 
                     f"starting again ({attempt + 1}/{STARTUP_ATTEMPTS})")
         folders = _stub_model_folders(_processes_from(workspace))
         stats_server = start_stats_server(stats, host, stats_port)
-        _answer_once(host, port, model_name)  # "ready" means a request is answered, not only that Triton is up
+        # "ready" means a request is answered, not only that Triton is up
+        _answer_once(host, port, model_name, pipeline.probe_prompt)
         log(f"reroute serve: ready: model '{model_name}' ({pipeline.artifact.root}, {backend}, batch <= "
             f"{pipeline.max_batch}, queue <= {options.max_queue}, timeout "
             f"{'none' if options.timeout is None else f'{options.timeout:g} s'}) on http://{host}:{port}; "
