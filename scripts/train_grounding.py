@@ -15,7 +15,8 @@ Pictures come from ``scripts/make_grounding_data.py``'s train split (same seed),
 log (``train_log.jsonl``: loss and teacher-forced answer-token accuracy on held-out val pictures) is the
 learning curve. Weights are written atomically to ``OUT/model.safetensors`` at every evaluation.
 
-    python scripts/train_grounding.py --out assets/llava-grounding
+    python scripts/train_grounding.py --out assets/llava-grounding --vision-steps 90 --steps 80 --stop-after 30 \
+        --batch 4 --turns 2 --eval-every 10     # the shipped weights: see docs/GROUNDING.md
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ def train_decoder(model, batches: Batches, args, log, save) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     val = batches.dialogue("val", 0, args.val_pictures, 1)
-    for step in range(args.steps):
+    last = min(args.steps, args.stop_after or args.steps) - 1
+    for step in range(last + 1):
         ids, labels, mask, pixels = batches.dialogue("train", step * args.batch, args.batch, args.turns)
         loss = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
         for group in opt.param_groups:
@@ -195,7 +197,7 @@ def train_decoder(model, batches: Batches, args, log, save) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         record = {"phase": "decoder", "step": step, "loss": round(loss.item(), 4)}
-        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+        if (step + 1) % args.eval_every == 0 or step == last:
             record.update(evaluate(model, val))
             save()
         log(record)
@@ -211,6 +213,7 @@ def save_weights(model, out: Path) -> None:
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"preset": PRESET})
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the weights from other users of a shared checkout
         os.replace(tmp, out / "model.safetensors")
     except BaseException:
         os.unlink(tmp)
@@ -234,6 +237,9 @@ def parse_args(argv):
     p.add_argument("--vision-batch", type=int, default=8)
     p.add_argument("--vision-lr", type=float, default=3e-3)
     p.add_argument("--steps", type=int, default=300, help="decoder steps")
+    p.add_argument("--stop-after", type=int,
+                   help="stop after this many decoder steps, the learning-rate schedule still spanning --steps "
+                        "(the weights equal those a full run saved at that step)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--turns", type=int, default=3, help="question/answer turns per picture")
     p.add_argument("--lr", type=float, default=2e-3)
