@@ -15,8 +15,7 @@ Pictures come from ``scripts/make_grounding_data.py``'s train split (same seed),
 log (``train_log.jsonl``: loss and teacher-forced answer-token accuracy on held-out val pictures) is the
 learning curve. Weights are written atomically to ``OUT/model.safetensors`` at every evaluation.
 
-    python scripts/train_grounding.py --out assets/llava-grounding --vision-steps 90 --steps 80 --stop-after 30 \
-        --batch 4 --turns 2 --eval-every 10     # the shipped weights: see docs/GROUNDING.md
+    python scripts/train_grounding.py --out assets/llava-grounding   # the defaults wrote the shipped weights
 """
 
 from __future__ import annotations
@@ -233,18 +232,18 @@ def parse_args(argv):
     p.add_argument("--out", required=True, help="folder for model.safetensors and train_log.jsonl")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--vision-steps", type=int, default=150)
+    p.add_argument("--vision-steps", type=int, default=90)
     p.add_argument("--vision-batch", type=int, default=8)
     p.add_argument("--vision-lr", type=float, default=3e-3)
-    p.add_argument("--steps", type=int, default=300, help="decoder steps")
+    p.add_argument("--steps", type=int, default=80, help="decoder steps")
     p.add_argument("--stop-after", type=int,
                    help="stop after this many decoder steps, the learning-rate schedule still spanning --steps "
                         "(the weights equal those a full run saved at that step)")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--turns", type=int, default=3, help="question/answer turns per picture")
+    p.add_argument("--turns", type=int, default=2, help="question/answer turns per picture")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--val-pictures", type=int, default=8)
     return p.parse_args(argv)
 
