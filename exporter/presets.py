@@ -35,6 +35,15 @@ PRESETS = {
         "seed": 0,
         "description": "LLaVA-1.5 structure, 1024-wide decoder, for benchmarks",
     },
+    "llava-grounding": {
+        "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=32, num_attention_heads=4,
+                     num_key_value_heads=4, vocab_size=512),
+        "vision": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2),
+        "seed": 0,
+        # trained by scripts/train_grounding.py (issue 14); 6.5 MB of fp32, so it ships in the repo
+        "weights": "assets/llava-grounding/model.safetensors",
+        "description": "LLaVA-1.5 structure trained here on the synthetic grounding task (scripts/train_grounding.py)",
+    },
 }
 
 
@@ -141,8 +150,26 @@ def build_preset(name: str):
     spec = PRESETS[name]
     config = preset_config(name)
     model = LlavaForConditionalGeneration(config)
-    seeded_init(model, spec["seed"])
+    if "weights" in spec:
+        _load_trained(model, name, spec["weights"])
+    else:
+        seeded_init(model, spec["seed"])
     return model.eval(), build_processor(spec["text"]["vocab_size"])
+
+
+def _load_trained(model: torch.nn.Module, name: str, relative: str) -> None:
+    """Weights a training script wrote (a path relative to the repository root)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from engines.errors import RerouteError
+
+    path = Path(__file__).resolve().parent.parent / relative
+    if not path.is_file():
+        raise RerouteError(f"preset {name!r} needs its trained weights at {path}: run "
+                           f"scripts/train_grounding.py --out {path.parent}")
+    model.load_state_dict(load_file(str(path)), strict=True)
 
 
 def llava_15_7b_config():

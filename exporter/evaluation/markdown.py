@@ -10,7 +10,7 @@ from engines.errors import RerouteError
 from .report import data_line, pair_lines, table_rows
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """``write(tmp_path)`` fills a temp file beside ``path``; it replaces ``path`` only when complete."""
     fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
     os.close(fd)
@@ -52,7 +52,7 @@ def plot_accuracy(report: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -85,5 +85,5 @@ def write_markdown(report: dict, out: str) -> Path:
         plot_accuracy(report, plot)
     except ImportError:
         raise RerouteError("--report draws a plot with matplotlib: pip install 'reroute[bench]'") from None
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(markdown(report, plot.name)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(markdown(report, plot.name)))
     return plot
