@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .serving_cli import register as _register_serving; _register_serving(sub, _Parser)
     from .bench_cli import register as _register_bench; _register_bench(sub, _Parser)
     from .eval_cli import register as _register_eval; _register_eval(sub, _Parser)
+    from .verify_cli import register as _register_verify; _register_verify(sub, _Parser)
     return parser
 
 

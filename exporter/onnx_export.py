@@ -107,7 +107,7 @@ def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int
     scratch = directory / f".scratch-{name}"
     scratch.mkdir()
     raw = scratch / f"{name}.onnx"
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _shape_inference_without_weight_values():
         warnings.simplefilter("ignore")
         # export_params=False keeps weights out of the proto (at 7B it could not hold them); the weight-only
         # chains constant folding would fold are folded by bind_weights, with the real weights.
@@ -123,6 +123,31 @@ def _export_one(name: str, module, args: tuple, directory: Path, num_layers: int
     weights = {graph_name: partial(source.read, model_name) for graph_name, model_name in params.items()}
     bind_weights(model, weights, data, on_tensor)
     onnx.save_model(model, str(directory / f"{name}.onnx"))
+
+
+@contextmanager
+def _shape_inference_without_weight_values():
+    """Run the TorchScript exporter's ONNX shape inference without the parameters' values.
+
+    Why: given the parameters, that pass keeps a constant value for every node whose inputs are all
+    known (the Transpose of each Linear weight, its Casts), i.e. a contiguous copy of each weight, all
+    held until the export ends: +1 GiB for llava-bench's prefill, the whole decoder at 7B. Shapes and
+    dtypes come from the graph inputs' types, so withholding the values changes no inferred type
+    (tests/test_streamed_export.py compares the graphs with the constant-folded export's).
+    """
+    names = ("_jit_pass_onnx_graph_shape_type_inference", "_jit_pass_onnx_node_shape_type_inference")
+    originals = {name: getattr(torch._C, name) for name in names}
+
+    def without_values(original):
+        return lambda target, params_dict, *rest: original(target, {}, *rest)
+
+    try:
+        for name, original in originals.items():
+            setattr(torch._C, name, without_values(original))
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch._C, name, original)
 
 
 def _pin_kv_shapes(model, module) -> None:

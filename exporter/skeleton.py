@@ -1,8 +1,9 @@
 """A weightless LLaVA model to trace: real structure, real buffers, zero-memory stand-in parameters.
 
 The graphs' structure depends on shapes, dtypes and the (static) routing
-capacities only, so tracing needs no real weight: each parameter becomes
-``zeros(()).expand(shape)``, one element of memory. Routing decisions on those
+capacities only, so tracing needs no real weight: each parameter becomes a view
+of one shared zero tensor per shape (``_shared_zeros``), which reads as the
+kernel's zero page and so costs no resident memory. Routing decisions on those
 are meaningless, but the fixed-capacity graph is the same. The real weights are
 bound afterwards, one tensor at a time (exporter/weight_binder.py).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,14 +49,31 @@ def meta_model(config):
 def stand_in_model(config, dtype: torch.dtype):
     """(model, {id(stand-in): parameter name}) with zero-memory stand-ins in ``dtype``."""
     model = meta_model(config).to(dtype)  # float buffers follow the export dtype, as a loaded model's do
-    names = {}
+    names, zeros = {}, {}
     for name, param in list(model.named_parameters()):
         owner, _, attr = name.rpartition(".")
         module = model.get_submodule(owner)
-        stand_in = nn.Parameter(torch.zeros((), dtype=param.dtype).expand(param.shape), requires_grad=False)
+        stand_in = nn.Parameter(_shared_zeros(zeros, tuple(param.shape), param.dtype), requires_grad=False)
         module._parameters[attr] = stand_in
         names[id(stand_in)] = name
     return model, names
+
+
+def _shared_zeros(cache: dict, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """One real, contiguous zero tensor per (shape, dtype), shared by every stand-in of that shape.
+
+    Why not ``zeros(()).expand(shape)`` (one element): every matmul on a zero-stride
+    weight materialises a contiguous copy first, so tracing a 7B decoder spent most
+    of its time allocating and faulting in those copies (system time). A real buffer
+    costs nothing until written: a large ``np.zeros`` is fresh anonymous
+    memory (calloc), and reading it maps the kernel's shared zero page, not RSS. Each stand-in is
+    its own Parameter (its own TensorImpl), so the tracer still gives each its own input.
+    """
+    key = (shape, dtype)
+    if key not in cache:
+        # numpy's zeros is calloc: large blocks come fresh from mmap, never memset (torch.zeros writes them)
+        cache[key] = torch.from_numpy(np.zeros(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+    return cache[key]
 
 
 def parameter_sources(module: nn.Module, names: dict[int, str]) -> dict[str, str]:

@@ -42,8 +42,11 @@ def _split(name: str, params: dict[str, str]):
     return None, None
 
 
-def verify_weights(artifact_dir, weights_dir) -> dict:
-    """{"checked", "mismatched": [names], "unverified": [names], "first_offset"} over all four graphs."""
+def verify_weights(artifact_dir, weights_dir, config=None) -> dict:
+    """{"checked", "mismatched": [names], "unverified": [names], "first_offset"} over all four graphs.
+
+    ``config``: the model's config when ``weights_dir`` holds safetensors only (a preset's written weights).
+    """
     import onnx
 
     from .shared_weights import external_tensors
@@ -51,7 +54,7 @@ def verify_weights(artifact_dir, weights_dir) -> dict:
     artifact = open_artifact(artifact_dir, verify=False)  # hashing 14 GB is not this check's job
     dtype = getattr(torch, artifact.dtype)
     reader = CheckpointReader(weights_dir)
-    per_graph = _graph_parameters(artifact, load_config(str(weights_dir)), dtype)
+    per_graph = _graph_parameters(artifact, config or load_config(str(weights_dir)), dtype)
     seen, mismatched, unverified, first = set(), [], [], None
     for graph, params in per_graph.items():
         model = onnx.load(str(artifact.graph_path(graph)), load_external_data=False)

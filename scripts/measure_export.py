@@ -76,11 +76,12 @@ def main() -> None:
     cases = {"tiny": ("llava-tiny", "fp32", args.parity_samples, None),
              "bench-fp32": ("llava-bench", "fp32", args.parity_samples, None),
              "bench-fp16": ("llava-bench", "fp16", args.parity_samples, None)}
-    plan = [cases[c] for c in args.cases.split(",") if c]
-    if args.depth_cut:
-        plan.append((args.depth_cut, "fp16", args.parity_samples, None))
+    plan = []  # the 7B-width checkpoints first: the slowest rows, and the ones the issue is about
     if args.full:
         plan.append((args.full, "fp16", 0, args.full))
+    if args.depth_cut:
+        plan.append((args.depth_cut, "fp16", args.parity_samples, None))
+    plan += [cases[c] for c in args.cases.split(",") if c]
     root = Path(args.out_root or tempfile.mkdtemp(prefix="measure-export-"))
     print(f"# reroute export, {os.cpu_count()} cores, parity on {args.parity_samples} samples where it runs")
     print("| model | dtype | run | wall time (s) | peak RSS (GiB) | artifact (GiB) | parity |\n|---|---|---|---|---|---|---|")

@@ -189,3 +189,19 @@ def test_layer_structure_compares_per_layer(tmp_path, gqa_dir):
     assert compare_layer_structure(full, cut) == {"prefill": [], "decode": []}
     other = export(gqa_dir, "gqa")  # other widths: no layer matches
     assert compare_layer_structure(full, other)["decode"] == list(range(32))
+
+
+def test_verify_command_checks_a_preset_artifact_byte_for_byte(tmp_path, capsys):
+    from exporter.cli import main
+
+    path, _ = export_artifact(ExportOptions("llava-tiny", out=str(tmp_path / "art"), parity_samples=0, quiet=True))
+    assert main(["verify", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("OK: ")
+    data = path / "decoder.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    assert main(["verify", str(path)]) == 1
+    assert capsys.readouterr().out.startswith("FAIL: ")
+    assert main(["verify", str(path), "--against", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.startswith("reroute: error: ")
