@@ -6,6 +6,7 @@ on a free loopback port in a child process and stop it with SIGINT at the end.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -406,13 +407,27 @@ def test_deployed_repository_on_real_tritonserver(artifact, images, reference, t
     """The repository on PyTriton's bundled tritonserver: reroute_pipeline (model.py, BLS, KV cache) as written;
     the four graph models swapped for Python-backend stand-ins that run the same model.onnx files (the bundle
     has no onnxruntime backend)."""
+    from engines.serving.client import client_generate
+    from engines.serving.deploy import PIPELINE_MODEL
+
+    with real_tritonserver(artifact, tmp_path) as url:
+        got = client_generate(url, images[4], PROMPT, STEPS, model=PIPELINE_MODEL)
+        assert got["generated_token_ids"] == reference(images[4])["generated_token_ids"]
+        assert got["text"] == reference(images[4])["text"]
+        with pytest.raises(RerouteError, match="input 'max_new_tokens' must be in"):
+            client_generate(url, images[4], PROMPT, 0, model=PIPELINE_MODEL)
+
+
+@contextlib.contextmanager
+def real_tritonserver(artifact, tmp_path: Path):
+    """``reroute deploy`` of ``artifact`` served by PyTriton's bundled tritonserver (graph models swapped for
+    ONNX Runtime stand-ins, see above); yields its HTTP URL once reroute_pipeline is ready."""
     import sysconfig
 
     import pytriton
 
     from engines.artifact import GRAPHS, open_artifact
     from engines.serving.deploy import PIPELINE_MODEL, graph_config, graph_model_name, to_pbtxt, write_triton_repo
-    from engines.serving.client import client_generate
 
     bundle = Path(pytriton.__file__).parent / "tritonserver"
     binary = bundle / "bin" / "tritonserver"
@@ -448,7 +463,6 @@ def test_deployed_repository_on_real_tritonserver(artifact, images, reference, t
                              str(port), "--allow-grpc", "false", "--allow-metrics", "false",
                              f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
                              "--exit-timeout-secs", "20"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
         import tritonclient.http as httpclient
 
@@ -465,11 +479,7 @@ def test_deployed_repository_on_real_tritonserver(artifact, images, reference, t
             finally:
                 client.close()
             time.sleep(0.3)
-        got = client_generate(url, images[4], PROMPT, STEPS, model=PIPELINE_MODEL)
-        assert got["generated_token_ids"] == reference(images[4])["generated_token_ids"]
-        assert got["text"] == reference(images[4])["text"]
-        with pytest.raises(RerouteError, match="input 'max_new_tokens' must be in"):
-            client_generate(url, images[4], PROMPT, 0, model=PIPELINE_MODEL)
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -37,6 +37,17 @@ BACKENDS = ("onnxruntime", "tensorrt")
 PIPELINE_MODEL = "reroute_pipeline"
 MODEL_PREFIX = "reroute_"
 PIPELINE_SOURCE = Path(__file__).with_name("triton_pipeline.py")
+QWEN_FAMILY = "qwen2_5_vl"
+_ENGINES = Path(__file__).resolve().parent.parent
+# family -> (the source copied as model.py, self-contained modules copied beside it)
+PIPELINE_SOURCES = {
+    None: (PIPELINE_SOURCE, ()),
+    QWEN_FAMILY: (Path(__file__).with_name("triton_qwen.py"),
+                  (PIPELINE_SOURCE, _ENGINES / "qwen_processor.py", _ENGINES / "qwen_vision_inputs.py",
+                   _ENGINES / "qwen_rope.py")),
+}
+# family -> the image placeholder a prompt holds once
+PLACEHOLDERS = {None: "<image>", QWEN_FAMILY: "<|vision_start|><|image_pad|><|vision_end|>"}
 PLUGIN_LIBRARY = "libreroute_plugins.so"
 MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
 
@@ -135,7 +146,24 @@ def pipeline_settings(artifact: Artifact) -> dict:
         "max_new_tokens_limit": MAX_NEW_TOKENS_LIMIT,
         "input_dtypes": {graph: {t["name"]: t["dtype"] for t in spec["inputs"]}
                          for graph, spec in manifest["graphs"].items()},
+        **_family_settings(manifest),
     }
+
+
+def _family_settings(manifest: dict) -> dict:
+    """Dynamic resolution (Qwen2.5-VL): the vision settings its index inputs need and the N_v bound."""
+    model = manifest["model"]
+    if model.get("family") != QWEN_FAMILY:
+        return {}
+    return {"family": QWEN_FAMILY, "vision": model["vision"],
+            "max_visual_tokens": manifest["capacity"]["max_visual_tokens"],
+            "max_pixels": manifest["capacity"]["max_pixels"]}
+
+
+def pipeline_sources(artifact: Artifact) -> tuple[Path, tuple[Path, ...]]:
+    """The pipeline model's source and the modules it loads from beside it, for the artifact's family."""
+    family = artifact.manifest["model"].get("family")
+    return PIPELINE_SOURCES.get(family, PIPELINE_SOURCES[None])
 
 
 def engine_form(plugins: bool) -> str:
@@ -205,6 +233,10 @@ def _readme(artifact: Artifact, backend: str, plugins: bool = True) -> str:
     graphs = "\n".join(f"- `{graph_model_name(g)}`: the {g} graph ({file})" for g in GRAPHS)
     preload = f"LD_PRELOAD=$PWD/plugins/{PLUGIN_LIBRARY} " if backend == "tensorrt" and plugins else ""
     form = f" ({engine_form(plugins)} engines)" if backend == "tensorrt" else ""
+    family = artifact.manifest["model"].get("family")
+    placeholder = PLACEHOLDERS.get(family, PLACEHOLDERS[None])
+    packages = "numpy, pillow, torch and transformers" if family == QWEN_FAMILY else "numpy, pillow and transformers"
+    example = f"{placeholder}What is it?" if family == QWEN_FAMILY else f"USER: {placeholder}\\nWhat is it? ASSISTANT:"
     return f"""# reroute Triton model repository
 
 Written by `reroute deploy` from `{artifact.root}` ({artifact.manifest['model']['spec']},
@@ -213,10 +245,10 @@ method {artifact.manifest['method']}, ratio {artifact.manifest['ratio']}), backe
 Models:
 {graphs}
 - `{PIPELINE_MODEL}`: Python backend; runs a whole request through the graphs with BLS calls.
-  Inputs `prompt` (BYTES [1], exactly one `<image>`), `image` (BYTES [1], encoded image file),
+  Inputs `prompt` (BYTES [1], exactly one `{placeholder}`), `image` (BYTES [1], encoded image file),
   `max_new_tokens` (INT32 [1]); outputs `text` (BYTES [1]) and `token_ids` (INT64 [-1]).
 
-Start the server (Triton container; the Python backend needs numpy, pillow and transformers):
+Start the server (Triton container; the Python backend needs {packages}):
 
 ```bash
 {preload}tritonserver --model-repository $PWD --disable-auto-complete-config
@@ -235,7 +267,7 @@ Query it:
 
 ```bash
 reroute client --url http://127.0.0.1:8000 --model {PIPELINE_MODEL} --image picture.png \\
-    --prompt "USER: <image>\\nWhat is it? ASSISTANT:" --max-new-tokens 16
+    --prompt "{example}" --max-new-tokens 16
 ```
 """
 
@@ -304,7 +336,10 @@ def _fill(artifact: Artifact, root: Path, backend: str, plugins: bool) -> None:
     pipeline = root / PIPELINE_MODEL
     version = pipeline / "1"
     version.mkdir(parents=True)
-    shutil.copyfile(PIPELINE_SOURCE, version / "model.py")
+    source, helpers = pipeline_sources(artifact)
+    shutil.copyfile(source, version / "model.py")
+    for helper in helpers:
+        shutil.copyfile(helper, version / helper.name)
     shutil.copytree(artifact.root / artifact.manifest["processor_dir"], version / "processor")
     (version / "pipeline.json").write_text(json.dumps(pipeline_settings(artifact), indent=2))
     (pipeline / "config.pbtxt").write_text(to_pbtxt(pipeline_config()))

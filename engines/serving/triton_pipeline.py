@@ -36,15 +36,14 @@ class BadRequest(ValueError):
 
 class TritonPythonModel:
     def initialize(self, args):
-        from transformers import AutoProcessor
-
         if args and args.get("model_repository") and args.get("model_version"):
             here = os.path.join(args["model_repository"], str(args["model_version"]))
         else:
             here = os.path.dirname(os.path.abspath(__file__))
         with open(os.path.join(here, "pipeline.json")) as f:
             self.cfg = json.load(f)
-        self.processor = AutoProcessor.from_pretrained(os.path.join(here, "processor"), local_files_only=True)
+        self.here = here
+        self.processor = self._load_processor(os.path.join(here, "processor"))
         self.models = self.cfg["models"]
         self.num_layers = self.cfg["num_layers"]
         self.num_stages = self.cfg["num_stages"]
@@ -55,6 +54,11 @@ class TritonPythonModel:
         memory = getattr(pb_utils, "PreferredMemory", None)
         # Ask for outputs in CPU memory (TensorRT models would otherwise hand back GPU tensors).
         self.preferred = memory(pb_utils.TRITONSERVER_MEMORY_CPU, 0) if memory is not None else None
+
+    def _load_processor(self, directory):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(directory, local_files_only=True)
 
     def execute(self, requests):
         responses = []
@@ -84,17 +88,28 @@ class TritonPythonModel:
         return value.reshape(-1)[0]
 
     def _parse(self, request):
-        from PIL import Image
-
         prompt = self._input(request, "prompt")
         try:
             prompt = prompt.decode("utf-8") if isinstance(prompt, bytes) else str(prompt)
         except UnicodeDecodeError:
             raise BadRequest("input 'prompt' is not valid UTF-8") from None
+        self._check_prompt(prompt)
+        picture = self._picture(request)
+        max_new = int(self._input(request, "max_new_tokens"))
+        limit = self.cfg["max_new_tokens_limit"]
+        if not 1 <= max_new <= limit:
+            raise BadRequest(f"input 'max_new_tokens' must be in [1, {limit}], got {max_new}")
+        return prompt, picture, max_new
+
+    def _check_prompt(self, prompt):
         count = prompt.count(IMAGE_PLACEHOLDER)
         if count != 1:
             raise BadRequest(f"input 'prompt' must contain exactly one {IMAGE_PLACEHOLDER} placeholder, "
                              f"found {count}")
+
+    def _picture(self, request):
+        from PIL import Image
+
         data = self._input(request, "image")
         if not isinstance(data, bytes) or not data:
             raise BadRequest("input 'image' must be the non-empty bytes of an encoded image")
@@ -111,11 +126,7 @@ class TritonPythonModel:
             raise
         except Exception as exc:  # PIL raises several types for undecodable or truncated data
             raise BadRequest(f"input 'image' is not a readable image ({type(exc).__name__})") from None
-        max_new = int(self._input(request, "max_new_tokens"))
-        limit = self.cfg["max_new_tokens_limit"]
-        if not 1 <= max_new <= limit:
-            raise BadRequest(f"input 'max_new_tokens' must be in [1, {limit}], got {max_new}")
-        return prompt, picture, max_new
+        return picture
 
     # -- generation ------------------------------------------------------------------------------------
 
@@ -142,29 +153,38 @@ class TritonPythonModel:
             raise BadRequest("input 'prompt' needs at least one text token after the image")
         return ids, np.asarray(batch["pixel_values"], dtype=np.float32), start
 
-    def _generate(self, prompt, picture, max_new):
-        ids, pixels, visual_start = self._encode(prompt, picture)
+    def _check_capacity(self, ids, max_new):
         capacity = self.cfg["max_sequence"]
         if ids.shape[1] + max_new > capacity:
             raise BadRequest(f"prompt of {ids.shape[1]} tokens + max_new_tokens {max_new} exceeds the exported "
                              f"capacity of {capacity} tokens")
+
+    def _generate(self, prompt, picture, max_new):
+        ids, pixels, visual_start = self._encode(prompt, picture)
+        self._check_capacity(ids, max_new)
         features = self._call("vision", {"pixel_values": pixels}, ["image_features"])["image_features"]
         embeds = self._call("embed", {"input_ids": ids, "image_features": features}, ["inputs_embeds"])
         routing = [f"routing.{s}.indices" for s in range(self.num_stages)]
         out = self._call("prefill", {"inputs_embeds": embeds["inputs_embeds"],
                                      "visual_start": np.array([visual_start], dtype=np.int64)},
                          ["logits", *self.kv_out, *routing])
+        prompt_len = ids.shape[1]
+        return self._greedy(out, features, max_new,
+                            lambda step: np.array([[prompt_len + step - 1]], dtype=np.int64))
+
+    def _greedy(self, out, features, max_new, decode_position):
+        """Greedy decoding from the prefill's outputs; ``decode_position(step)``: decode step ``step``'s
+        position ids (step 1 is the first decode call)."""
         cache = [out[name] for name in self.kv_out]
         token = int(np.argmax(out["logits"][0]))
         tokens, eos = [token], self.cfg["eos_token_id"]
         no_image = np.zeros((1, 0, features.shape[-1]), dtype=features.dtype)  # decode tokens are text only
-        prompt_len = ids.shape[1]
         for step in range(1, max_new):
             if eos is not None and token == eos:
                 break
             embed = self._call("embed", {"input_ids": np.array([[token]], dtype=np.int64),
                                          "image_features": no_image}, ["inputs_embeds"])["inputs_embeds"]
-            feeds = {"inputs_embeds": embed, "position_ids": np.array([[prompt_len + step - 1]], dtype=np.int64)}
+            feeds = {"inputs_embeds": embed, "position_ids": decode_position(step)}
             feeds.update(zip(self.kv_in, cache))
             out = self._call("decode", feeds, ["logits", *self.kv_out])
             cache = [out[name] for name in self.kv_out]
