@@ -85,29 +85,38 @@ class PoolScatter(OpRun):
         return (pool_scatter_ref(x, compact, selected, int(visual_start.reshape(-1)[0]), num_candidates),)
 
 
+def _size(t, plugin_form) -> int:
+    """A dynamic op's size input: an int64 [1] value, or in the plugin form (engines/plugin_graph.py) an
+    extent, a tensor whose length is the size."""
+    return int(t.shape[0]) if plugin_form else int(t.reshape(-1)[0])
+
+
 class PoolSelectDynamic(OpRun):
-    """PoolSelect with ``k`` and ``num_candidates`` as int64 [1] inputs (dynamic N_v)."""
+    """PoolSelect with ``k`` and ``num_candidates`` as int64 [1] inputs (dynamic N_v), or extents."""
 
     op_domain = "reroute"
 
-    def _run(self, q_last, keys, visual_start, k, num_candidates, scale=None):
-        return PoolSelect._run(self, q_last, keys, visual_start, k=int(k.reshape(-1)[0]),
-                               num_candidates=int(num_candidates.reshape(-1)[0]), scale=scale)
+    def _run(self, q_last, keys, visual_start, k, num_candidates, scale=None, plugin_namespace=None,
+             plugin_version=None):
+        plugin = plugin_namespace is not None
+        return PoolSelect._run(self, q_last, keys, visual_start, k=_size(k, plugin),
+                               num_candidates=_size(num_candidates, plugin), scale=scale)
 
 
 class PoolGatherDynamic(OpRun):
     op_domain = "reroute"
 
-    def _run(self, x, selected, visual_start, num_candidates):
-        return PoolGather._run(self, x, selected, visual_start, num_candidates=int(num_candidates.reshape(-1)[0]))
+    def _run(self, x, selected, visual_start, num_candidates, plugin_namespace=None, plugin_version=None):
+        return PoolGather._run(self, x, selected, visual_start,
+                               num_candidates=_size(num_candidates, plugin_namespace is not None))
 
 
 class PoolScatterDynamic(OpRun):
     op_domain = "reroute"
 
-    def _run(self, x, compact, selected, visual_start, num_candidates):
+    def _run(self, x, compact, selected, visual_start, num_candidates, plugin_namespace=None, plugin_version=None):
         return PoolScatter._run(self, x, compact, selected, visual_start,
-                                num_candidates=int(num_candidates.reshape(-1)[0]))
+                                num_candidates=_size(num_candidates, plugin_namespace is not None))
 
 
 class GatherElements(OpRun):

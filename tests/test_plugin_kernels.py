@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from engines.plugins import PLUGIN_NAMES, PLUGIN_NAMESPACE, PLUGIN_VERSION, default_library_path
+from engines.plugins import (DYNAMIC_PLUGIN_NAMES, PLUGIN_NAMES, PLUGIN_NAMESPACE, PLUGIN_VERSION,
+                             default_library_path)
 from engines.plugins.build_kernels import (
     CSRC,
     KERNEL_NAMES,
@@ -105,9 +106,10 @@ def test_plugin_source_parses_against_tensorrt_headers():
     for static_registration in ("0", "1"):
         cmd = [gxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
                f"-DREROUTE_STATIC_REGISTRATION={static_registration}", "-isystem", str(include),
-               "-isystem", str(cuda_include), "-I", str(CSRC), str(CSRC / "pool_plugins.cpp")]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
+               "-isystem", str(cuda_include), "-I", str(CSRC)]
+        for source in ("pool_plugins.cpp", "pool_plugins_dynamic.cpp"):
+            proc = subprocess.run([*cmd, str(CSRC / source)], capture_output=True, text=True)
+            assert proc.returncode == 0, f"{source}: {proc.stderr}"
 
 
 def test_plugin_identity_matches_the_sources():
@@ -117,6 +119,13 @@ def test_plugin_identity_matches_the_sources():
     assert f'kPluginVersion = "{PLUGIN_VERSION}"' in header
     for name in PLUGIN_NAMES:
         assert f'= "{name}";' in header
+    dynamic = (CSRC / "pool_plugins_dynamic.h").read_text()
+    for name in DYNAMIC_PLUGIN_NAMES:
+        assert f'= "{name}";' in dynamic
+    registered = (CSRC / "pool_plugins.cpp").read_text()  # creatorList registers every creator
+    for name in PLUGIN_NAMES + DYNAMIC_PLUGIN_NAMES:
+        short = name.removeprefix("Pool")  # PoolSelectDynamic -> &selectDynamicCreator
+        assert f"&{short[0].lower()}{short[1:]}Creator" in registered, name
     assert default_library_path().name == "libreroute_plugins.so"
     assert default_library_path(dynamic=True).name == "libreroute_plugins_dynamic.so"
     assert default_library_path().parent == CSRC.parent / "build"

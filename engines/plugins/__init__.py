@@ -11,6 +11,8 @@ from pathlib import Path
 PLUGIN_NAMESPACE = "reroute"
 PLUGIN_VERSION = "1"
 PLUGIN_NAMES = ("PoolSelect", "PoolGather", "PoolScatter")
+# Dynamic-N_v forms (Qwen2.5-VL): sizes arrive as tensors, see engines/plugin_graph.py and csrc/pool_plugins_dynamic.*
+DYNAMIC_PLUGIN_NAMES = ("PoolSelectDynamic", "PoolGatherDynamic", "PoolScatterDynamic")
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 BUILD_DIR = PLUGIN_DIR / "build"

@@ -23,6 +23,11 @@ from engines.plugin_reference import pool_gather_ref, pool_scatter_ref, pool_sco
 
 MIN_RELATIVE_GAP = 1e-4
 ANYRES_VISUAL = 2880  # LLaVA-NeXT anyres visual tokens
+QWEN_VISUAL_BOUND = 3840  # Qwen2.5-VL-7B's max_visual_tokens (the dynamic plugins' largest P)
+# N_v of images of several sizes: 1 token (k = 1 everywhere), a small and an odd grid, the bound
+DYNAMIC_VISUAL = (1, 144, 1369, QWEN_VISUAL_BOUND)
+# the release's ours_vs_pdrop schedule at avg128 on the 28-layer decoder (stages 2, 6, 13, 20)
+DYNAMIC_KEEP_RATIOS = (0.2655, 0.2655, 0.1328, 0.0664)
 
 
 @dataclass
@@ -185,8 +190,52 @@ def _pointer_variants(rng) -> list[Case]:
     return cases
 
 
+# ---------------------------------------------------------------------------------------------
+# Dynamic-N_v ops (PoolSelectDynamic / PoolGatherDynamic / PoolScatterDynamic)
+# ---------------------------------------------------------------------------------------------
+
+def dynamic_sizes(num_visual: int) -> list[tuple[int, int]]:
+    """(P, k) per stage for an image of ``num_visual`` tokens, as the exported graph computes them from
+    N_v and the keep ratios (graphs/capacity.py): routing scores all N_v, deletion the previous k."""
+    from graphs.capacity import stage_coefficients
+    from graphs.schedule import ROUTE, Schedule
+
+    schedule = Schedule("reroute", ROUTE, 0.25, 28, QWEN_VISUAL_BOUND, (2, 6, 13, 20), DYNAMIC_KEEP_RATIOS)
+    ks = stage_coefficients(schedule, QWEN_VISUAL_BOUND).capacities(num_visual)
+    routed = [(num_visual, k) for k in ks]
+    deleted = [(num_visual if s == 0 else ks[s - 1], k) for s, k in enumerate(ks)]
+    return sorted(set(routed + deleted))
+
+
+def dynamic_cases() -> list[Case]:
+    """What the dynamic plugins hand the launchers: P and k from N_v at run time, up to the bound.
+
+    The plugins read P and k off their extents' dimensions and call the same launchers as the static
+    ones, so these cases are those launchers at the sizes one dynamic artifact meets across images.
+    """
+    rng = np.random.default_rng(21)
+    cases = []
+    for n_visual in DYNAMIC_VISUAL:
+        for p, k in dynamic_sizes(n_visual):
+            v0, text = 15, 25  # <|vision_start|> after a system prompt; a question after the image
+            n = v0 + p + text
+            tag = f"Nv{n_visual}-P{p}-k{k}"
+            cases.append(random_select(f"dynamic-select-{tag}", 100 + len(cases), 1, 4, 2, n, 32, p, k, v0,
+                                       np.float32))
+            x = _bits(rng, (2, n, 40), np.float16)  # 80-byte rows: 16-byte copy words
+            sel = random_selection(rng, 2, p, k)
+            gathered = pool_gather_ref(x, sel, v0, p)
+            cases.append(Case(f"dynamic-gather-{tag}", "gather", dict(x=x, selected=sel, v0=v0, num_candidates=p),
+                              gathered))
+            compact = _bits(rng, gathered.shape, np.float16)
+            cases.append(Case(f"dynamic-scatter-{tag}", "scatter",
+                              dict(x=x, compact=compact, selected=sel, v0=v0, num_candidates=p),
+                              pool_scatter_ref(x, compact, sel, v0, p)))
+    return cases
+
+
 def all_cases() -> list[Case]:
-    return select_cases() + copy_cases()
+    return select_cases() + copy_cases() + dynamic_cases()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 #include "pool_plugins.h"
 
 #include "pool_kernels.h"
+#include "pool_plugin_util.h"
+#include "pool_plugins_dynamic.h"
 
 #include <array>
 #include <atomic>
@@ -28,7 +30,7 @@ namespace plugin
 namespace
 {
 
-constexpr int32_t kMaxInputs = 4;
+constexpr int32_t kMaxInputs = 5; // PoolScatterDynamic takes five
 using InputDims = std::array<Dims, kMaxInputs>;
 
 std::atomic<ILoggerFinder*> gLoggerFinder{nullptr};
@@ -53,6 +55,10 @@ void logMessage(ILogger::Severity severity, std::string const& message) noexcept
     {
     }
 }
+
+} // namespace
+
+// Shared with pool_plugins_dynamic.cpp (declared in pool_plugin_util.h).
 
 void logError(std::string const& message) noexcept
 {
@@ -149,6 +155,9 @@ int32_t cudaStatus(cudaError_t err, char const* op) noexcept
     logError(std::string(op) + " enqueue failed: " + cudaGetErrorString(err));
     return -1;
 }
+
+namespace
+{
 
 template <typename Desc>
 InputDims collectDims(Desc const* in, int32_t nbInputs, Dims const& (*dimsOf)(Desc const&)) noexcept
@@ -788,7 +797,11 @@ IPluginCreatorInterface* const* creatorList(int32_t& count) noexcept
     static PoolSelectCreator selectCreator;
     static PoolGatherCreator gatherCreator;
     static PoolScatterCreator scatterCreator;
-    static IPluginCreatorInterface* const creators[] = {&selectCreator, &gatherCreator, &scatterCreator};
+    static PoolSelectDynamicCreator selectDynamicCreator;
+    static PoolGatherDynamicCreator gatherDynamicCreator;
+    static PoolScatterDynamicCreator scatterDynamicCreator;
+    static IPluginCreatorInterface* const creators[] = {&selectCreator, &gatherCreator, &scatterCreator,
+        &selectDynamicCreator, &gatherDynamicCreator, &scatterDynamicCreator};
     count = static_cast<int32_t>(sizeof(creators) / sizeof(creators[0]));
     return creators;
 }
