@@ -6,6 +6,8 @@ breakdowns that explain a miss) is computed from this run's own results.
 
     python scripts/bench_report.py                       # llava-bench, ONNX Runtime + torch (~35 min on 2 idle cores)
     python scripts/bench_report.py --from-json docs/bench_results.json   # re-render only
+    python scripts/bench_report.py --add-model-json OUT/bench_results.json  # add another model's `reroute bench
+                                                         # --out OUT` run (e.g. qwen2.5-vl-bench), re-render
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from exporter.bench import BenchOptions, run_bench, write_json  # noqa: E402
 from exporter.bench.markdown import readme_headline, render, update_readme  # noqa: E402
+from exporter.bench.markdown_models import add_model  # noqa: E402
 from exporter.bench.tables import atomic_write_text  # noqa: E402
 
 
@@ -49,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--artifacts", help="keep/reuse exported artifacts here (default: temporary, deleted)")
     p.add_argument("--docs", default=str(ROOT / "docs"))
     p.add_argument("--from-json", help="render the report from an existing results file, without running")
+    p.add_argument("--add-model-json", help="a `reroute bench --out` result of another model: merged into "
+                                            "docs/bench_results.json as a further section, then re-rendered")
     p.add_argument("--readme", default=str(ROOT / "README.md"),
                    help="README whose bench-headline block is rewritten ('' to leave it alone)")
     p.add_argument("--quiet", action="store_true")
@@ -56,7 +61,11 @@ def main(argv=None) -> int:
 
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
-    if args.from_json:
+    if args.add_model_json:
+        report = add_model(json.loads((docs / "bench_results.json").read_text()),
+                           json.loads(Path(args.add_model_json).read_text()))
+        write_json(report, docs / "bench_results.json")
+    elif args.from_json:
         report = json.loads(Path(args.from_json).read_text())
     else:
         command = "python scripts/bench_report.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .analysis import analysis
+from .markdown_models import model_sections
 from .common import BASELINE, ratio_label
 from .plots import plot_kv, plot_latency_vs_ratio, plot_layer_profile, plot_speedup_vs_flops
 from .tables import METHOD_ORDER, atomic_write_text, _fmt_ms, _profile, _rows, _spread, _table
@@ -192,6 +193,7 @@ def render(report, docs: Path, target_ratio: float) -> str:
     if report.get("skipped"):
         L += ["Skipped: " + "; ".join(f"{x['method']} at {ratio_label(x['ratio'])} ({x['reason']})"
                                       for x in report["skipped"]), ""]
+    L += model_sections(report)  # further models (e.g. Qwen2.5-VL), each from its own run
     L += ["## Reproduce", "", "```bash", report.get("command", "python scripts/bench_report.py"), "```", ""]
     return "\n".join(L)
 
