@@ -56,7 +56,7 @@ def _section(r: dict) -> list[str]:
               f"- machine: {m['cpu']}, {m['usable_cores']} usable cores, shared: load average "
               f"{m.get('load_average_before')} before, {m.get('load_average_after')} after the run "
               f"({r['elapsed_s'] / 60:.1f} min); only same-run ratios are compared", ""]
-    lines += [f"Notes: {' '.join(r.get('notes', []))}", ""]
+    lines += [f"Notes: {'; '.join(r.get('notes', []))}.", ""]
     rows = []
     for x in _rows(r):
         rows.append([x["ratio_label"], f"`{x['method']}`", x["backend"],
