@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-VISION_INDEX_INPUTS = ("window_index", "reverse_index", "rotary_pos", "image_segments", "window_segments")
+VISION_INDEX_INPUTS = ("window_index", "reverse_index", "rotary_pos", "window_slots", "patch_slots")
 
 
 def vision_index_inputs(image_grid_thw: np.ndarray, vision_config) -> dict[str, np.ndarray]:
     """image_grid_thw [B, 3] -> the vision graph's index inputs (int64 numpy arrays, see the graph's docstring)."""
     import torch
-    from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
     grid = torch.from_numpy(np.asarray(image_grid_thw, dtype=np.int64))
     merge = vision_config.spatial_merge_size
@@ -23,7 +23,6 @@ def vision_index_inputs(image_grid_thw: np.ndarray, vision_config) -> dict[str, 
     window_index, cu_windows = get_vision_window_index(grid, spatial_merge_size=merge,
                                                        window_size=vision_config.window_size,
                                                        patch_size=vision_config.patch_size)
-    cu_images = get_vision_cu_seqlens(grid)
     positions = get_vision_position_ids(grid, merge)  # [P, 2], image order
     patches = positions.shape[0]
     # patch order after the window permutation (merge units move as a whole)
@@ -32,12 +31,23 @@ def vision_index_inputs(image_grid_thw: np.ndarray, vision_config) -> dict[str, 
         "window_index": window_index.numpy().astype(np.int64),
         "reverse_index": torch.argsort(window_index).numpy().astype(np.int64),
         "rotary_pos": positions[patch_order].numpy().astype(np.int64),
-        "image_segments": _segments(cu_images, patches),
-        "window_segments": _segments(cu_windows, patches),
+        **window_slots(cu_windows, patches, window_patches(vision_config)),
     }
 
 
-def _segments(cu_seqlens, total: int) -> np.ndarray:
-    """Cumulative lengths [S + 1] -> segment id of each of the ``total`` positions, int64 [total]."""
-    bounds = np.asarray(cu_seqlens, dtype=np.int64)[1:]
-    return np.searchsorted(bounds, np.arange(total), side="right").astype(np.int64)
+def window_patches(vision_config) -> int:
+    """The most patches one attention window holds: (window_size / patch_size)^2 (64 for Qwen2.5-VL)."""
+    return (vision_config.window_size // vision_config.patch_size) ** 2
+
+
+def window_slots(cu_windows, patches: int, width: int) -> dict[str, np.ndarray]:
+    """Windows as a padded batch: ``window_slots`` [W, width], the patches (window order) of each window,
+    ``patches`` (a zero pad row) past its end; ``patch_slots`` [P], each patch's place in the flattened
+    [W * width] batch. Windows are contiguous runs in window order (``cu_windows``); edge windows are shorter."""
+    bounds = np.asarray(cu_windows, dtype=np.int64)
+    starts, lengths = bounds[:-1], np.diff(bounds)  # [W] each
+    offsets = np.arange(width, dtype=np.int64)  # [width]
+    slots = np.where(offsets < lengths[:, None], starts[:, None] + offsets, patches)  # [W, width]
+    window_of = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)  # [P]
+    return {"window_slots": slots.astype(np.int64),
+            "patch_slots": window_of * width + (np.arange(patches, dtype=np.int64) - starts[window_of])}

@@ -24,10 +24,12 @@ def dynamic_profiles(artifact, graph: str, opt_text: int) -> dict[str, tuple[Sha
         width = m["graphs"]["vision"]["inputs"][0]["shape"][1]
         patches = (unit, unit * n_opt, b * unit * n_max)
         units = (1, n_opt, b * n_max)
+        slots = (m["model"]["vision"]["window_size"] // m["model"]["vision"]["patch_size"]) ** 2  # S per window
+        windows = (1, max(1, n_opt * unit // slots), b * n_max)  # a window holds 1..S / unit merge units
         return {"pixel_values": tuple((p, width) for p in patches), "image_grid_thw": ((1, 3), (1, 3), (b, 3)),
                 "window_index": tuple((u,) for u in units), "reverse_index": tuple((u,) for u in units),
-                "rotary_pos": tuple((p, 2) for p in patches), "image_segments": tuple((p,) for p in patches),
-                "window_segments": tuple((p,) for p in patches)}
+                "rotary_pos": tuple((p, 2) for p in patches), "window_slots": tuple((w, slots) for w in windows),
+                "patch_slots": tuple((p,) for p in patches)}
     if graph == "embed":
         return {"input_ids": ((1, 1), (1, s_opt), (b, s_max)),
                 "image_features": ((1, 0, d), (1, n_opt, d), (b, n_max, d))}

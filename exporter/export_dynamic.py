@@ -26,7 +26,7 @@ def dynamic_axes(name: str, axes: dict) -> dict:
     if name == "vision":
         axes = {"pixel_values": {0: "patches"}, "image_grid_thw": {0: "batch"}, "rotary_pos": {0: "patches"},
                 "window_index": {0: "merge_units"}, "reverse_index": {0: "merge_units"},
-                "image_segments": {0: "patches"}, "window_segments": {0: "patches"},
+                "window_slots": {0: "windows"}, "patch_slots": {0: "patches"},
                 "image_features": {0: "batch", 1: "N_v"}}
     elif name == "prefill":
         axes.update(position_ids={1: "batch", 2: "sequence"}, visual_span={0: "N_v"})

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from engines.onnx_functions import attach_pool_functions
-from engines.qwen_vision_inputs import vision_index_inputs
+from engines.qwen_vision_inputs import VISION_INDEX_INPUTS, vision_index_inputs
 from engines.torch_runner import TorchBackend
 from exporter.samples import synthetic_image
 from graphs.capacity import CapacityError, stage_coefficients
@@ -61,8 +61,7 @@ def _session(path):
 def _vision_args(loaded, inputs):
     index = vision_index_inputs(inputs.image_grid_thw, loaded.config.vision_config)
     return (torch.from_numpy(inputs.pixel_values), torch.from_numpy(inputs.image_grid_thw),
-            *[torch.from_numpy(index[n]) for n in ("window_index", "reverse_index", "rotary_pos", "image_segments",
-                                                    "window_segments")])
+            *[torch.from_numpy(index[n]) for n in VISION_INDEX_INPUTS])
 
 
 def test_vision_graph_equals_transformers_and_exports_once(qwen_tiny, tmp_path):
@@ -77,8 +76,8 @@ def test_vision_graph_equals_transformers_and_exports_once(qwen_tiny, tmp_path):
         assert (out.reshape(ref.shape) - ref).abs().max().item() <= 1e-5
         outputs.append(out.numpy())
     axes = {"pixel_values": {0: "patches"}, "image_grid_thw": {0: "B"}, "window_index": {0: "units"},
-            "reverse_index": {0: "units"}, "rotary_pos": {0: "patches"}, "image_segments": {0: "patches"},
-            "window_segments": {0: "patches"}, "image_features": {0: "B", 1: "N_v"}}
+            "reverse_index": {0: "units"}, "rotary_pos": {0: "patches"}, "window_slots": {0: "windows"},
+            "patch_slots": {0: "patches"}, "image_features": {0: "B", 1: "N_v"}}
     session = _session(_export(graph, cases[0], tmp_path / "vision.onnx", axes))
     names = [i.name for i in session.get_inputs()]
     assert names == graph.input_names()
@@ -223,3 +222,26 @@ def test_dynamic_pool_ops_bodies_and_plugin_references_agree_with_torch(tmp_path
             np.testing.assert_array_equal(got[0], expected[0])
             np.testing.assert_allclose(got[1], expected[1], atol=1e-6)
             np.testing.assert_allclose(got[2], expected[2], atol=1e-6)
+
+
+def test_window_slots_place_every_patch_once_in_its_window():
+    from types import SimpleNamespace
+
+    from engines.qwen_vision_inputs import window_patches
+
+    config = SimpleNamespace(spatial_merge_size=2, window_size=112, patch_size=14)
+    grid = np.array([[1, 22, 34], [1, 22, 34]])  # edge windows are partial (11 x 17 merge units, 4 x 4 per window)
+    index = vision_index_inputs(grid, config)
+    slots, where = index["window_slots"], index["patch_slots"]
+    patches = int(grid[:, 1:].prod(1).sum())
+    assert window_patches(config) == slots.shape[1] == 64
+    assert np.array_equal(slots.reshape(-1)[where], np.arange(patches))  # patch p sits at its slot
+    real = slots[slots < patches]
+    assert np.array_equal(np.sort(real), np.arange(patches))  # every patch once, the rest is padding
+    assert (slots == patches).any() and not (slots > patches).any()
+    lengths = (slots < patches).sum(1)
+    assert lengths.max() == 64 and lengths.min() < 64 and len(slots) == 2 * 3 * 5  # 3 x 5 windows per image
+    # a window's members are consecutive in window order and stay within one image
+    for row, n in zip(slots, lengths):
+        assert np.array_equal(row[:n], np.arange(row[0], row[0] + n)) and row[0] // (patches // 2) == \
+            (row[n - 1]) // (patches // 2)
