@@ -17,8 +17,8 @@ from engines.plugin_graph import EXTENT_INPUTS, is_plugin_node, to_plugin_form
 from engines.plugin_reference import reference_session
 from exporter.cli import main
 from exporter.samples import synthetic_image
+from tests.test_qwen_export import SIZES  # N_v -> image size
 
-SIZES = {144: (336, 336), 176: (448, 308)}  # N_v -> image size
 METHODS = ("reroute", "pdrop")  # routing (P = N_v at every stage) and deletion (P = the previous k)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -344,10 +344,10 @@ def _stand_in_pb_utils(repo: Path):
     return pb
 
 
-def test_pipeline_model_matches_generate(artifact, images, reference, tmp_path, monkeypatch):
-    from engines.serving.deploy import PIPELINE_MODEL, write_triton_repo
+def load_pipeline_model(repo: Path, monkeypatch):
+    """(stand-in pb_utils, the repository's reroute_pipeline model.py initialised against it)."""
+    from engines.serving.deploy import PIPELINE_MODEL
 
-    repo = write_triton_repo(artifact, tmp_path / "repo")
     pb = _stand_in_pb_utils(repo)
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
     spec = importlib.util.spec_from_file_location("reroute_pipeline_model", repo / PIPELINE_MODEL / "1" / "model.py")
@@ -355,6 +355,14 @@ def test_pipeline_model_matches_generate(artifact, images, reference, tmp_path, 
     spec.loader.exec_module(module)
     model = module.TritonPythonModel()
     model.initialize({"model_name": PIPELINE_MODEL, "model_version": "1"})
+    return pb, model
+
+
+def test_pipeline_model_matches_generate(artifact, images, reference, tmp_path, monkeypatch):
+    from engines.serving.deploy import write_triton_repo
+
+    repo = write_triton_repo(artifact, tmp_path / "repo")
+    pb, model = load_pipeline_model(repo, monkeypatch)
 
     def request(prompt=PROMPT.encode(), image=Path(images[1]).read_bytes(), steps=STEPS):
         return pb.Request([pb.Tensor("prompt", np.array([prompt], dtype=np.object_)),

@@ -5,9 +5,7 @@ ONNX Runtime through a stand-in ``triton_python_backend_utils`` (tests/test_trit
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,9 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2",
                     reason="tritonclient[grpc] is not installed (pip install 'reroute[serve]')")
 
 from exporter.cli import main  # noqa: E402
-from exporter.samples import synthetic_image  # noqa: E402
-from tests.test_triton import _parse, _stand_in_pb_utils, real_tritonserver  # noqa: E402
+from tests.test_qwen_export import SIZES, images  # noqa: E402,F401 - images: a fixture
+from tests.test_triton import _parse, load_pipeline_model, real_tritonserver  # noqa: E402
 
-SIZES = {144: (336, 336), 176: (448, 308)}  # N_v -> image size
 PROMPT = "<|vision_start|><|image_pad|><|vision_end|>What is shown?"
 STEPS = 8
 
@@ -35,16 +32,6 @@ def artifact(tmp_path_factory, qwen_tiny):
     path, _ = export_artifact("qwen2.5-vl-tiny", "reroute", 0.25, out=str(out), parity_samples=0, quiet=True,
                               loaded=qwen_tiny)
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qwen-triton-images")
-    paths = {}
-    for n, size in SIZES.items():
-        paths[n] = folder / f"{n}.png"
-        synthetic_image(n, size).save(paths[n])
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +71,6 @@ def test_repository_holds_the_qwen_pipeline_and_its_helpers(artifact, repo):
     assert "<|vision_start|><|image_pad|><|vision_end|>" in readme and "torch" in readme
 
 
-def _load_model(repo, monkeypatch):
-    from engines.serving.deploy import PIPELINE_MODEL
-
-    pb = _stand_in_pb_utils(repo)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    spec = importlib.util.spec_from_file_location("reroute_qwen_pipeline_model", repo / PIPELINE_MODEL / "1" / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.TritonPythonModel()
-    model.initialize({"model_name": PIPELINE_MODEL, "model_version": "1"})
-    return pb, model
-
-
 def _request(pb, image: Path, prompt: str = PROMPT, steps: int = STEPS):
     return pb.Request([pb.Tensor("prompt", np.array([prompt.encode()], dtype=np.object_)),
                        pb.Tensor("image", np.array([image.read_bytes()], dtype=np.object_)),
@@ -104,7 +78,7 @@ def _request(pb, image: Path, prompt: str = PROMPT, steps: int = STEPS):
 
 
 def test_pipeline_model_gives_generates_tokens_on_two_image_sizes(artifact, repo, images, capsys, monkeypatch):
-    pb, model = _load_model(repo, monkeypatch)
+    pb, model = load_pipeline_model(repo, monkeypatch)
     responses = model.execute([_request(pb, images[n]) for n in SIZES])
     for n, response in zip(SIZES, responses):
         assert not response.has_error(), response.error().message()
@@ -117,7 +91,7 @@ def test_pipeline_model_gives_generates_tokens_on_two_image_sizes(artifact, repo
 
 
 def test_pipeline_model_refuses_bad_qwen_requests(repo, images, monkeypatch):
-    pb, model = _load_model(repo, monkeypatch)
+    pb, model = load_pipeline_model(repo, monkeypatch)
     image = images[176]
     pad = "<|vision_start|><|image_pad|><|vision_end|>"
     cases = {

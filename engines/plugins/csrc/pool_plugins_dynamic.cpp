@@ -455,50 +455,5 @@ IPluginV3* PoolDynamicCreatorBase::createPlugin(
     }
 }
 
-PoolSelectDynamicCreator::PoolSelectDynamicCreator()
-    : PoolDynamicCreatorBase(true)
-{
-}
-
-char const* PoolSelectDynamicCreator::getPluginName() const noexcept
-{
-    return kPoolSelectDynamicName;
-}
-
-IPluginV3* PoolSelectDynamicCreator::make(PoolAttrs const& attrs) const
-{
-    return new PoolSelectDynamicPlugin(attrs);
-}
-
-PoolGatherDynamicCreator::PoolGatherDynamicCreator()
-    : PoolDynamicCreatorBase(false)
-{
-}
-
-char const* PoolGatherDynamicCreator::getPluginName() const noexcept
-{
-    return kPoolGatherDynamicName;
-}
-
-IPluginV3* PoolGatherDynamicCreator::make(PoolAttrs const& attrs) const
-{
-    return new PoolGatherDynamicPlugin(attrs);
-}
-
-PoolScatterDynamicCreator::PoolScatterDynamicCreator()
-    : PoolDynamicCreatorBase(false)
-{
-}
-
-char const* PoolScatterDynamicCreator::getPluginName() const noexcept
-{
-    return kPoolScatterDynamicName;
-}
-
-IPluginV3* PoolScatterDynamicCreator::make(PoolAttrs const& attrs) const
-{
-    return new PoolScatterDynamicPlugin(attrs);
-}
-
 } // namespace plugin
 } // namespace reroute

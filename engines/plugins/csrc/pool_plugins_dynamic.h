@@ -26,6 +26,8 @@ constexpr char const* kPoolScatterDynamicName = "PoolScatterDynamic";
 class PoolSelectDynamicPlugin final : public PoolPluginBase
 {
 public:
+    static constexpr char const* kName = kPoolSelectDynamicName;
+    static constexpr bool kUsesScale = true;
     using PoolPluginBase::PoolPluginBase;
 
     nvinfer1::IPluginV3* clone() noexcept override;
@@ -54,6 +56,8 @@ protected:
 class PoolGatherDynamicPlugin final : public PoolPluginBase
 {
 public:
+    static constexpr char const* kName = kPoolGatherDynamicName;
+    static constexpr bool kUsesScale = false;
     using PoolPluginBase::PoolPluginBase;
 
     nvinfer1::IPluginV3* clone() noexcept override;
@@ -78,6 +82,8 @@ protected:
 class PoolScatterDynamicPlugin final : public PoolPluginBase
 {
 public:
+    static constexpr char const* kName = kPoolScatterDynamicName;
+    static constexpr bool kUsesScale = false;
     using PoolPluginBase::PoolPluginBase;
 
     nvinfer1::IPluginV3* clone() noexcept override;
@@ -119,35 +125,31 @@ private:
     nvinfer1::PluginFieldCollection mCollection{};
 };
 
-class PoolSelectDynamicCreator final : public PoolDynamicCreatorBase
+//! The creator of one dynamic plugin class (its kName, and whether it takes `scale`).
+template <typename Plugin>
+class PoolDynamicCreator final : public PoolDynamicCreatorBase
 {
 public:
-    PoolSelectDynamicCreator();
-    char const* getPluginName() const noexcept override;
+    PoolDynamicCreator()
+        : PoolDynamicCreatorBase(Plugin::kUsesScale)
+    {
+    }
+
+    char const* getPluginName() const noexcept override
+    {
+        return Plugin::kName;
+    }
 
 protected:
-    nvinfer1::IPluginV3* make(PoolAttrs const& attrs) const override;
+    nvinfer1::IPluginV3* make(PoolAttrs const& attrs) const override
+    {
+        return new Plugin(attrs);
+    }
 };
 
-class PoolGatherDynamicCreator final : public PoolDynamicCreatorBase
-{
-public:
-    PoolGatherDynamicCreator();
-    char const* getPluginName() const noexcept override;
-
-protected:
-    nvinfer1::IPluginV3* make(PoolAttrs const& attrs) const override;
-};
-
-class PoolScatterDynamicCreator final : public PoolDynamicCreatorBase
-{
-public:
-    PoolScatterDynamicCreator();
-    char const* getPluginName() const noexcept override;
-
-protected:
-    nvinfer1::IPluginV3* make(PoolAttrs const& attrs) const override;
-};
+using PoolSelectDynamicCreator = PoolDynamicCreator<PoolSelectDynamicPlugin>;
+using PoolGatherDynamicCreator = PoolDynamicCreator<PoolGatherDynamicPlugin>;
+using PoolScatterDynamicCreator = PoolDynamicCreator<PoolScatterDynamicPlugin>;
 
 } // namespace plugin
 } // namespace reroute
