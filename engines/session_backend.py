@@ -7,6 +7,7 @@ import numpy as np
 from graphs.export_graphs import kv_names
 
 from .base import Prefill
+from .errors import RerouteError
 
 GRAPH_NAMES = ("vision", "embed", "prefill", "decode")
 
@@ -65,6 +66,10 @@ class SessionBackend:
 
             vision_config = SimpleNamespace(**self.artifact.manifest["model"]["vision"])
             feeds.update(image_grid_thw=image_grid_thw, **vision_index_inputs(image_grid_thw, vision_config))
+            missing = sorted(set(self.dtypes["vision"]) - set(feeds))
+            if missing:  # an export from before the vision graph's inputs changed (window batches)
+                raise RerouteError(f"{self.artifact.root}: its vision graph takes {', '.join(missing)}, inputs of an "
+                                   f"older export; re-export the artifact")
         return self.run("vision", feeds)["image_features"]
 
     def embed(self, input_ids, image_features):

@@ -128,3 +128,18 @@ def test_dynamic_kernel_cases_pass_the_reference_and_catch_damage():
     damaged = [run_case(ReferenceHarness(flip), c) for c in cases]
     assert not any(r["passed"] for r in damaged)
     assert compare(cases[0], cases[0].expected)["passed"]
+
+
+def test_an_older_vision_graph_is_refused_in_one_line(artifacts):
+    """Artifacts exported before the vision graph took window batches name inputs preprocessing no longer makes."""
+    from engines.errors import RerouteError
+    from engines.ort_runner import OrtBackend
+
+    art = open_artifact(artifacts["reroute"])
+    backend = OrtBackend(art)
+    try:
+        backend.dtypes["vision"]["window_segments"] = np.dtype(np.int64)  # as the older graph declared
+        with pytest.raises(RerouteError, match="window_segments, inputs of an older export; re-export"):
+            backend.vision(np.zeros((4, 1176), np.float32), np.array([[1, 2, 2]]))
+    finally:
+        backend.close()
