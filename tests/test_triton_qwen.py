@@ -126,3 +126,28 @@ def test_deployed_qwen_repository_on_real_tritonserver(artifact, images, capsys,
         with pytest.raises(RerouteError, match="at least one text token after the image"):
             client_generate(url, str(images[144]), "<|vision_start|><|image_pad|><|vision_end|>", STEPS,
                             model=PIPELINE_MODEL)
+
+
+def test_tensorrt_repository_takes_the_plugin_engines(artifact, tmp_path):
+    """`reroute deploy --backend tensorrt` of a Qwen artifact: the engines `reroute build --plugins` writes (here
+    stand-in files), the same Qwen pipeline model and helpers, and the plugin library preloaded by launch.sh."""
+    import shutil
+
+    from engines.serving.deploy import GRAPHS, PIPELINE_MODEL, graph_model_name, write_triton_repo
+
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    (art / "engines" / "plugins").mkdir(parents=True)
+    for graph in GRAPHS:
+        (art / "engines" / "plugins" / f"{graph}.plan").write_bytes(f"plan:{graph}".encode())
+    (art / "engines" / "libreroute_plugins.so").write_bytes(b"\x7fELF")
+    repo = write_triton_repo(art, tmp_path / "repo", backend="tensorrt", plugins=True)
+    for graph in GRAPHS:
+        config = _parse(repo / graph_model_name(graph) / "config.pbtxt")
+        assert config.platform == "tensorrt_plan"
+        assert (repo / graph_model_name(graph) / "1" / "model.plan").read_bytes() == f"plan:{graph}".encode()
+    inputs = {t.name for t in _parse(repo / graph_model_name("vision") / "config.pbtxt").input}
+    assert {"window_slots", "patch_slots", "image_grid_thw"} <= inputs
+    version = repo / PIPELINE_MODEL / "1"
+    assert "qwen_vision_inputs" in (version / "model.py").read_text() and (version / "qwen_rope.py").is_file()
+    assert "LD_PRELOAD" in (repo / "launch.sh").read_text() and (repo / "plugins" / "libreroute_plugins.so").is_file()
