@@ -9,9 +9,10 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt", "tensorrt-no-plugins")
 
 
 def open_backend(name: str, artifact, model=None, plugins: bool = True, threads: int | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", low_memory: bool = False):
     """``model``: the loaded checkpoint (exporter.models.LoadedModel), needed by ``torch`` only;
-    ``threads``: ONNX Runtime intra-op threads (None: its default); ``device``: where the torch reference runs."""
+    ``threads``: ONNX Runtime intra-op threads (None: its default); ``device``: where the torch reference runs;
+    ``low_memory``: the graph backends open prefill and decode one at a time (engines/session_backend.py)."""
     if name == "torch":
         import torch
 
@@ -23,11 +24,11 @@ def open_backend(name: str, artifact, model=None, plugins: bool = True, threads:
     if name == "onnxruntime":
         from .ort_runner import OrtBackend
 
-        return OrtBackend(artifact, threads=threads)
+        return OrtBackend(artifact, threads=threads, low_memory=low_memory)
     if name in ("tensorrt", "tensorrt-no-plugins"):
         from .trt_runner import TrtBackend  # one-line RerouteErrors for missing TensorRT or engines
 
-        backend = TrtBackend(artifact, plugins=plugins and name == "tensorrt")
+        backend = TrtBackend(artifact, plugins=plugins and name == "tensorrt", low_memory=low_memory)
         backend.name = name
         return backend
     raise RerouteError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

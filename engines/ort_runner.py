@@ -28,15 +28,29 @@ class OrtBackend(SessionBackend):
     copy_outputs = False  # InferenceSession.run returns fresh arrays: no buffer is reused between calls
 
     def __init__(self, artifact, providers: list[str] | None = None, threads: int | None = None,
-                 graphs: tuple[str, ...] = GRAPH_NAMES, options=None):
+                 graphs: tuple[str, ...] = GRAPH_NAMES, options=None, low_memory: bool = False):
+        super().__init__(artifact, low_memory)
+        self.providers, self.threads, self.options = providers, threads, options
+        self.sessions: dict = {}
+        self._open_all(graphs)
+
+    def _session(self, graph: str):
+        if graph not in self.sessions:
+            self.sessions[graph] = make_session(self.artifact.graph_path(graph), self.providers, self.threads,
+                                                self.options)
+        return self.sessions[graph]
+
+    def _open(self, graph: str):
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
-        super().__init__(artifact)
-        self.sessions = {g: make_session(artifact.graph_path(g), providers, threads, options) for g in graphs}
-        self._activate({g: OnnxrtRunner(s, name=f"ort-{g}") for g, s in self.sessions.items()})
+        return OnnxrtRunner(self._session(graph), name=f"ort-{graph}")
+
+    def _forget(self, graph: str) -> None:
+        self.sessions.pop(graph, None)
 
     def comparator_runner(self, graph: str):
         """A fresh, inactive runner over the same session (Polygraphy's Comparator activates its runners)."""
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
+        self._runner(graph)  # opens the session (closing its weight-sharing sibling in low-memory mode)
         return OnnxrtRunner(self.sessions[graph], name=f"onnxruntime-{graph}")

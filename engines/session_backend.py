@@ -10,36 +10,65 @@ from .base import Prefill
 from .errors import RerouteError
 
 GRAPH_NAMES = ("vision", "embed", "prefill", "decode")
+WEIGHT_SHARING = ("prefill", "decode")  # graphs that read the same decoder weights
 
 
 class SessionBackend:
-    """Subclasses set ``self.runners`` (active Polygraphy runners per graph) and implement
-    :meth:`comparator_runner`; feeds are cast to each graph's declared input dtypes."""
+    """Subclasses implement :meth:`_open` (an inactive Polygraphy runner for one graph) and
+    :meth:`comparator_runner`; feeds are cast to each graph's declared input dtypes.
+
+    ``low_memory``: prefill and decode hold the same decoder weights (one data file, but each session or
+    engine loads its own copy, and ONNX Runtime on CPU widens fp16 weights to fp32 per session), so at most
+    one of them is open at a time, opened when first run. Parity uses it; serving keeps all open.
+    """
 
     name = "session"
     copy_outputs = True  # runners (TensorRT) may reuse their output buffers on the next call
 
-    def __init__(self, artifact):
+    def __init__(self, artifact, low_memory: bool = False):
         self.artifact = artifact
+        self.low_memory = low_memory
         self.num_layers = artifact.decoder_config.num_layers
         self.num_stages = len(artifact.schedule.layers)
         self.dtypes = {g: {t["name"]: np.dtype(t["dtype"]) for t in spec["inputs"]}
                        for g, spec in artifact.manifest["graphs"].items()}
         self.runners: dict = {}
 
-    def _activate(self, runners: dict) -> None:
-        self.runners = runners
-        for runner in runners.values():
+    def _open(self, graph: str):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _forget(self, graph: str) -> None:
+        """Drop what the subclass holds for ``graph`` besides its runner (e.g. its session)."""
+
+    def _open_all(self, graphs) -> None:
+        """Open the runners now (errors surface at start), unless ``low_memory`` opens them on first use."""
+        if not self.low_memory:
+            for graph in graphs:
+                self._runner(graph)
+
+    def _runner(self, graph: str):
+        """The active runner of ``graph``; in low-memory mode its weight-sharing sibling is closed first."""
+        if graph not in self.runners:
+            if self.low_memory and graph in WEIGHT_SHARING:
+                for other in WEIGHT_SHARING:
+                    self._close_one(other)
+            runner = self._open(graph)
             runner.activate()
+            self.runners[graph] = runner
+        return self.runners[graph]
+
+    def _close_one(self, graph: str) -> None:
+        runner = self.runners.pop(graph, None)
+        if runner is not None and runner.is_active:
+            runner.deactivate()
+        self._forget(graph)
 
     def comparator_runner(self, graph: str):  # pragma: no cover - interface
         raise NotImplementedError
 
     def close(self) -> None:
-        for runner in self.runners.values():
-            if runner.is_active:
-                runner.deactivate()
-        self.runners = {}
+        for graph in list(self.runners):
+            self._close_one(graph)
 
     def __del__(self):
         try:
@@ -52,7 +81,7 @@ class SessionBackend:
         outputs copied, as runners may reuse their buffers."""
         dtypes = self.dtypes[graph]
         cast = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items() if k in dtypes}
-        out = self.runners[graph].infer(cast, check_inputs=False)
+        out = self._runner(graph).infer(cast, check_inputs=False)
         return {k: np.array(v) for k, v in out.items()} if self.copy_outputs else dict(out)
 
     def vision(self, pixel_values, image_grid_thw=None):

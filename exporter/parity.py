@@ -23,9 +23,10 @@ import numpy as np
 from engines.artifact import GRAPHS, Artifact, open_artifact
 from engines.backends import open_backend
 from engines.errors import ParityFailure, RerouteError
-from engines.generate import generate_inputs
+from engines.generate import finish_generation, start_inputs
 from engines.inputs import IMAGE_PLACEHOLDER, encode, stack_inputs
 
+from .preflight import parity_preflight
 from .registry import FAMILIES
 from .samples import sample
 
@@ -50,7 +51,8 @@ def _reference_model(artifact: Artifact, loaded):
 def make_backend(name: str, artifact: Artifact, loaded=None, plugins: bool = True, device="cpu"):
     """``device`` places the torch reference (cpu or cuda); the other backends ignore it."""
     model = _reference_model(artifact, loaded) if name == "torch" else None
-    return open_backend(name, artifact, model, plugins, device=device)
+    # low memory: prefill and decode never hold their (shared) weights at the same time
+    return open_backend(name, artifact, model, plugins, device=device, low_memory=True)
 
 
 def _encode_samples(artifact: Artifact, processor, count: int):
@@ -168,6 +170,8 @@ def run_parity(path, backends=("torch", "onnxruntime"), samples: int = 10, steps
     if samples < 1 or steps < 1:
         raise RerouteError("--samples and --steps must be >= 1")
     artifact = open_artifact(path)
+    if loaded is None:  # export's closing parity checked this already, with the model in hand
+        parity_preflight(artifact.root, _weight_bytes(artifact), artifact.dtype, backends)
     G_LOGGER.module_severity = G_LOGGER.ERROR
     tol = tolerances(artifact)
     inputs_list = _encode_samples(artifact, artifact.processor(), samples)
@@ -200,6 +204,11 @@ def run_parity(path, backends=("torch", "onnxruntime"), samples: int = 10, steps
                       "of samples with identical greedy sequences"},
         "graphs": graphs_report, "routing": routing, "tokens": tokens, "passed": passed,
     }
+
+
+def _weight_bytes(artifact: Artifact) -> int:
+    """Bytes of every external-data file of the artifact (the weights, stored once)."""
+    return sum(p.stat().st_size for p in Path(artifact.root).glob("*.data"))
 
 
 def _comparator_run(runners, feeds):  # Polygraphy, imported lazily
@@ -270,9 +279,11 @@ def _batches(inputs_list, max_batch: int):
 
 
 def _greedy_all(backend, inputs_list, steps: int, max_batch: int) -> list[list[int]]:
+    """Every batch prefilled before any decodes: a low-memory backend opens prefill and decode once each."""
     out: list[list[int]] = [[] for _ in inputs_list]
-    for chunk, batch in _batches(inputs_list, max_batch):
-        for i, tokens in zip(chunk, generate_inputs(backend, batch, steps).generated):
+    started = [(chunk, start_inputs(backend, batch)) for chunk, batch in _batches(inputs_list, max_batch)]
+    for chunk, batch in started:
+        for i, tokens in zip(chunk, finish_generation(backend, batch, steps).generated):
             out[i] = tokens
     return out
 

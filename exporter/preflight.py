@@ -6,8 +6,10 @@ plus a few copies of the largest tensor (read, converted, folded):
 
     export peak ~= BASE + 3 x largest tensor (export dtype) + graph proto per layer
 
-The closing parity runs the torch reference and ONNX Runtime, each holding the
-weights: parity peak ~= BASE + PARITY_FACTOR x weight bytes. Calibrated on this
+Parity runs the torch reference, frees it, then ONNX Runtime with prefill and
+decode open one at a time (engines/session_backend.py, low_memory). ONNX
+Runtime's CPU provider widens fp16 weights to fp32 inside its sessions, so:
+parity peak ~= BASE + PARITY_FACTOR[dtype] x weight bytes. Calibrated on this
 machine with scripts/measure_export.py (see the README table).
 """
 
@@ -24,7 +26,9 @@ from engines.errors import RerouteError
 GIB = 1 << 30
 BASE = int(1.0 * GIB)
 PER_LAYER = 8 << 20  # traced graphs + protos grow with depth (measured: a few MB per decoder layer)
-PARITY_FACTOR = 2.3
+# fp16: the 4-layer 7B-width depth-cut (2.6 GiB of weights) peaked at 7.6 GiB in `reroute parity`
+# (10 samples x 32 steps): (7.6 - 1) / 2.6 = 2.5; fp32 keeps the earlier calibration.
+PARITY_FACTOR = {"fp16": 2.6, "fp32": 2.3}
 BUDGET_ENV = "REROUTE_MEMORY_BUDGET"
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -89,14 +93,32 @@ def preflight(spec: str, config, dtype: str, loaded=None) -> None:
             f"available; free memory (close other jobs) or export on a machine with more RAM")
 
 
+def parity_need(weight_bytes: int, dtype: str) -> int:
+    """Estimated peak of torch then ONNX Runtime (CPU) parity on ``weight_bytes`` of ``dtype`` weights."""
+    return BASE + int(PARITY_FACTOR["fp16" if dtype in ("fp16", "float16") else "fp32"] * weight_bytes)
+
+
+GPU_PARITY_HINT = "run `reroute parity ARTIFACT --backends torch,tensorrt --device cuda` on a GPU server"
+
+
 def parity_fits(spec: str, config, dtype: str, loaded=None) -> bool:
     """Whether the closing parity fits; if not, say so in one line (the export itself goes on)."""
     total, _ = weight_sizes(spec, config, dtype, loaded)
-    need, room = BASE + int(PARITY_FACTOR * total), available_memory()
+    need, room = parity_need(total, dtype), available_memory()
     if need <= room:
         return True
     sys.stderr.write(
         f"reroute: note: skipping the closing parity: torch and ONNX Runtime on {spec} need about {need / GIB:.1f} GiB, "
-        f"{room / GIB:.1f} GiB is available; run `reroute parity ARTIFACT --backends torch,tensorrt` "
-        f"on a GPU server\n")
+        f"{room / GIB:.1f} GiB is available; {GPU_PARITY_HINT}\n")
     return False
+
+
+def parity_preflight(artifact_root, weight_bytes: int, dtype: str, backends) -> None:
+    """``reroute parity`` with ONNX Runtime (CPU) among the backends: refuse in one line what cannot fit."""
+    if "onnxruntime" not in backends:
+        return
+    need, room = parity_need(weight_bytes, dtype), available_memory()
+    if need > room:
+        raise RerouteError(
+            f"parity of {artifact_root} with ONNX Runtime on CPU needs about {need / GIB:.1f} GiB ({dtype} weights "
+            f"widened to fp32 by its CPU provider), {room / GIB:.1f} GiB is available; {GPU_PARITY_HINT}")
