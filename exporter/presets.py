@@ -123,9 +123,10 @@ def build_processor(vocab_size: int, image_token_id: int | None = None, tokenize
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
         do_center_crop=True, do_resize=True, do_normalize=True,
     )
+    if tokenizer is None:
+        tokenizer = build_tokenizer(vocab_size, image_token_id)
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer or build_tokenizer(vocab_size, image_token_id),
-        patch_size=14,
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )

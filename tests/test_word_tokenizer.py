@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 import string
 import sys
@@ -23,12 +22,10 @@ def tok():
 
 @pytest.fixture(scope="module")
 def gen():
-    spec = importlib.util.spec_from_file_location("make_grounding_data_t", SCRIPTS / "make_grounding_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    sys.path.insert(0, str(SCRIPTS))
+    import make_grounding_data
+
+    return make_grounding_data
 
 
 def _tokens(tok, text):
