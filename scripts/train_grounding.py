@@ -8,7 +8,7 @@ per word and per box coordinate). Training has two phases, both seeded and deter
    on the projector's output, what lies under each patch: colour, shape, and the four coordinates (as the
    101 classes the decoder writes) of the box of the object that holds the patch centre. A dense signal
    (576 labels a picture) that asks for exactly what the decoder must say; the heads are not part of the model.
-2. **decoder** (the tower frozen, so its features are computed once per picture and cached): one
+2. **decoder** (the tower frozen: run without gradients, so the backward pass never enters it): one
    multi-turn conversation per picture holding the grounding of every object and its relation questions
    (LLaVA-1.5 trains on multi-turn conversations too), so the 576-token prefix, which dominates the cost
    of the 32 layers, is paid once for ~10 answers; loss on answer tokens only. The first turn is exactly
@@ -19,7 +19,7 @@ Pictures come from ``scripts/make_grounding_data.py``'s train split (same seed),
 accuracy on validation conversations and the *generation* accuracy (greedy, scored as ``reroute eval``
 scores) on the first items of the val split. Weights are written atomically at every evaluation.
 
-    python scripts/train_grounding.py --out assets/llava-grounding   # the defaults wrote the shipped weights
+    python scripts/train_grounding.py --out assets/llava-grounding --stop-after 400   # the shipped weights
 """
 
 from __future__ import annotations
