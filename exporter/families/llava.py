@@ -46,9 +46,9 @@ class LlavaFamily(Family):
         return PRESETS[name]["seed"]
 
     def preset_processor(self, name: str):
-        from ..presets import PRESETS, build_processor
+        from ..presets import preset_processor
 
-        return build_processor(PRESETS[name]["text"]["vocab_size"])
+        return preset_processor(name)
 
     def decoder_config(self, config) -> DecoderConfig:
         """Text-model dimensions read through optimum's normalized configs."""
@@ -94,7 +94,7 @@ LLAVA = LlavaFamily(
     model_type="llava",
     text_model_types=("llama",),
     tiny_preset="llava-tiny",
-    presets=("llava-tiny", "llava-bench"),
+    presets=("llava-tiny", "llava-bench", "llava-grounding"),
     aliases={"llava": "llava-hf/llava-1.5-7b-hf"},
     alias_titles={"llava": "LLaVA-1.5-7B"},
 )
