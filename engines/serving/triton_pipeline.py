@@ -120,9 +120,10 @@ class TritonPythonModel:
     # -- generation ------------------------------------------------------------------------------------
 
     def _call(self, graph, feeds, outputs):
-        """One BLS call to the graph's model; feeds cast to the graph's input dtypes."""
+        """One BLS call to the graph's model; feeds cast to the graph's input dtypes, and only the graph's
+        own inputs sent (an unrouted prefill has no visual_start, a dynamic-resolution decode no pad_lengths)."""
         tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=self.dtypes[graph][name]))
-                   for name, value in feeds.items()]
+                   for name, value in feeds.items() if name in self.dtypes[graph]]
         kwargs = {"preferred_memory": self.preferred} if self.preferred is not None else {}
         response = pb_utils.InferenceRequest(model_name=self.models[graph], requested_output_names=outputs,
                                              inputs=tensors, **kwargs).exec()
@@ -151,20 +152,24 @@ class TritonPythonModel:
         features = self._call("vision", {"pixel_values": pixels}, ["image_features"])["image_features"]
         embeds = self._call("embed", {"input_ids": ids, "image_features": features}, ["inputs_embeds"])
         routing = [f"routing.{s}.indices" for s in range(self.num_stages)]
+        # one request, no padding: positions 0..T-1 and an all-ones mask (format 2 graphs take both)
+        prompt_len = ids.shape[1]
         out = self._call("prefill", {"inputs_embeds": embeds["inputs_embeds"],
-                                     "visual_start": np.array([visual_start], dtype=np.int64)},
+                                     "visual_start": np.array([visual_start], dtype=np.int64),
+                                     "position_ids": np.arange(prompt_len, dtype=np.int64)[None],
+                                     "attention_mask": np.ones((1, prompt_len), dtype=np.int64)},
                          ["logits", *self.kv_out, *routing])
         cache = [out[name] for name in self.kv_out]
         token = int(np.argmax(out["logits"][0]))
         tokens, eos = [token], self.cfg["eos_token_id"]
         no_image = np.zeros((1, 0, features.shape[-1]), dtype=features.dtype)  # decode tokens are text only
-        prompt_len = ids.shape[1]
         for step in range(1, max_new):
             if eos is not None and token == eos:
                 break
             embed = self._call("embed", {"input_ids": np.array([[token]], dtype=np.int64),
                                          "image_features": no_image}, ["inputs_embeds"])["inputs_embeds"]
-            feeds = {"inputs_embeds": embed, "position_ids": np.array([[prompt_len + step - 1]], dtype=np.int64)}
+            feeds = {"inputs_embeds": embed, "position_ids": np.array([[prompt_len + step - 1]], dtype=np.int64),
+                     "pad_lengths": np.zeros(1, dtype=np.int64)}
             feeds.update(zip(self.kv_in, cache))
             out = self._call("decode", feeds, ["logits", *self.kv_out])
             cache = [out[name] for name in self.kv_out]
