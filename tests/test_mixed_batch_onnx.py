@@ -102,3 +102,33 @@ def test_requests_joining_a_running_batch_get_their_solo_tokens(artifacts, one_t
         solo = greedy_generate(backend, x.input_ids, x.pixel_values, x.visual_start, max_new[i])
         assert tokens[i] == solo.generated[0], f"request {i}"
 
+
+def test_server_batcher_joins_requests_between_decode_steps(artifacts):
+    """The serving worker (engines/serving/continuous.py): B and C arrive after A's 3rd decode step and join
+    A's batch; C (4 tokens) leaves early; every answer equals the request run alone."""
+    import time
+
+    from engines.serving.pipeline import Pipeline
+    from tests.test_triton import _png
+
+    pipeline = Pipeline(artifacts["reroute"], threads=1)
+    try:
+        specs = [(PROMPTS[0], 0, 24), (PROMPTS[1], 1, 16), (PROMPTS[2], 2, 4)]
+        jobs = [pipeline.prepare(p.encode(), _png(seed), n) for p, seed, n in specs]
+        batcher = pipeline.make_batcher()
+        try:
+            first = batcher.submit(jobs[0])
+            deadline = time.monotonic() + 120
+            while len(batcher.batches) < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            later = [batcher.submit(job) for job in jobs[1:]]
+            answers = [f.result(timeout=300) for f in [first, *later]]
+        finally:
+            batcher.close()
+        assert batcher.batches[:3] == [1, 1, 1] and max(batcher.batches) == 3, batcher.batches
+        assert 2 in batcher.batches[batcher.batches.index(3):], "C left while A and B went on"
+        for (p, seed, n), answer in zip(specs, answers):
+            assert answer == pipeline.run([pipeline.prepare(p.encode(), _png(seed), n)])[0]
+            assert len(answer[0]) == n or answer[0][-1] == pipeline.eos_token_id
+    finally:
+        pipeline.close()

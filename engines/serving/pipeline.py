@@ -4,13 +4,17 @@ Batching. PyTriton can only fail a whole Triton batch at once, so Triton's
 own dynamic batcher would let one malformed request fail its neighbours.
 Instead Triton runs ``max_batch`` model instances, each handling one request:
 it validates and preprocesses the request on its own thread (errors go back
-to that client only), then hands it to one generation worker. The worker takes
-every waiting request with the same prompt length and image position (the
-graphs need one ``visual_start`` and equal lengths), up to the artifact's
-``capacity.max_batch``, and runs them as one batch; ``max_new_tokens`` may
-differ (the batch runs to the largest and each answer is cut to its own).
-Batched and single runs give the same tokens on the tiny model (tests check
-it); ``--max-batch 1`` turns batching off.
+to that client only), then hands it to one generation worker.
+
+Fixed-resolution artifacts (LLaVA) batch continuously (engines/serving/continuous.py):
+requests of any prompt length and image position join the running decode batch
+between steps, up to the artifact's ``capacity.max_batch``, and leave when done.
+Dynamic-resolution ones (Qwen2.5-VL, no padded graphs yet) use
+:class:`MicroBatcher`: it takes every waiting request with the same prompt
+length, image position and N_v and runs them as one batch; ``max_new_tokens``
+may differ (the batch runs to the largest and each answer is cut to its own).
+Either way each answer equals the request's solo run (tests check it);
+``--max-batch 1`` turns batching off.
 
 Deadlines. A job carries its deadline (``--timeout``): the worker drops a
 job whose deadline passed while it waited, and the handler stops waiting for
@@ -180,11 +184,20 @@ class Pipeline:
             input_ids = np.concatenate([j.input_ids for j in jobs])
             pixels = np.concatenate([j.pixel_values for j in jobs])
             gen = greedy_generate(self.backend, input_ids, pixels, jobs[0].visual_start, steps, self.eos_token_id)
-        out = []
-        for job, tokens in zip(jobs, gen.generated):
-            tokens = [int(t) for t in tokens[: job.max_new_tokens]]
-            out.append((tokens, self.processor.tokenizer.decode(tokens, skip_special_tokens=True)))
-        return out
+        return [self.answer(job, tokens) for job, tokens in zip(jobs, gen.generated)]
+
+    def answer(self, job: Job, tokens) -> tuple[list[int], str]:
+        """(token ids, text) of a finished job, cut to its own max_new_tokens."""
+        tokens = [int(t) for t in tokens[: job.max_new_tokens]]
+        return tokens, self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def make_batcher(self, stats: ServeStats | None = None):
+        """The generation worker: continuous batching where the graphs take padded batches, else MicroBatcher."""
+        if self.hf_config is None:
+            from .continuous import ContinuousBatcher
+
+            return ContinuousBatcher(self.backend, self.eos_token_id, self.max_batch, self.answer, stats)
+        return MicroBatcher(self.run, self.max_batch, stats)
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
