@@ -78,7 +78,7 @@ def attend(q, k, v, causal: bool, scale: float, key_mask: torch.Tensor | None = 
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, n, s]
     scores = scores.float()
-    pos = torch.arange(q.shape[2], device=q.device)
+    pos = torch.arange(q.shape[2], device=q.device) if causal else None
     if causal:  # prefill: s == n, token i sees keys 0..i
         scores = scores.masked_fill(pos[None, :] > pos[:, None], float("-inf"))  # [n, n] broadcast
     if key_mask is not None:

@@ -16,49 +16,28 @@ masks and cache padding. Dynamic-resolution ones keep the equal-shape
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 
 from ..batching import RunningBatch
+from .pipeline import GenerationWorker
 from .stats import ServeStats
 
 
-class ContinuousBatcher:
-    """The same interface as MicroBatcher (submit -> Future, close, stats, batches).
-
-    ``finish(job, tokens)``: the answer of a finished job, e.g. (token ids, decoded text).
+class ContinuousBatcher(GenerationWorker):
+    """The same interface as MicroBatcher (submit -> Future, close, stats, batches: here the running-batch
+    size at every decode step). ``finish(job, tokens)``: the answer of a finished job, e.g. (ids, text).
     """
 
     def __init__(self, backend, eos_token_id: int | None, max_batch: int, finish, stats: ServeStats | None = None):
         self.running = RunningBatch(backend, eos_token_id)
         self._max_batch, self._finish = max_batch, finish
-        self.stats = stats or ServeStats()
-        self._pending: list = []
-        self._cv = threading.Condition()
-        self._closed = False
-        self.batches: list[int] = []  # decode batch size at every step (tests and logs)
-        self._thread = threading.Thread(target=self._loop, name="reroute-generate", daemon=True)
-        self._thread.start()
-
-    def submit(self, job):
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the server is shutting down")
-            self._pending.append(job)
-            self.stats.set_queue_length(len(self._pending))
-            self._cv.notify()
-        return job.future
+        super().__init__(stats)
 
     def _take_new(self) -> list:
         """Fail the waiting jobs whose deadline passed; take the oldest ones that fit (caller holds the lock)."""
-        from .pipeline import DeadlineExceeded
-
-        now = time.monotonic()
-        for job in [j for j in self._pending if j.expired(now)]:
-            job.future.set_exception(DeadlineExceeded("the deadline passed while the request waited"))
-        self._pending = [j for j in self._pending if not j.expired(now)]
+        self._drop_expired()
         free = self._max_batch - len(self.running)
         new, self._pending = self._pending[:free], self._pending[free:]
         self.stats.set_queue_length(len(self._pending))
@@ -74,13 +53,14 @@ class ContinuousBatcher:
                 new = self._take_new()
             try:
                 if new:
+                    self.stats.record_batch(len(new))  # requests prefilled together
                     self._answer(self.running.admit(
                         new, [j.input_ids for j in new], np.concatenate([j.pixel_values for j in new]),
                         [j.visual_start for j in new], [j.max_new_tokens for j in new]))
                 self.running.evict(lambda job: job.expired(time.monotonic()))  # nobody waits for them
                 if len(self.running):
                     self.batches.append(len(self.running))
-                    self.stats.record_batch(len(self.running))
+                    self.stats.record_decode_step(len(self.running))
                     self._answer(self.running.step())
             except Exception as exc:  # a failing step fails the requests in it, not the server
                 for job in new + self.running.evict(lambda job: True):
@@ -93,14 +73,7 @@ class ContinuousBatcher:
                 seq.request.future.set_result(self._finish(seq.request, seq.tokens))
 
     def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            for job in self._pending:
-                job.future.set_exception(RuntimeError("the server is shutting down"))
-            self._pending = []
-            self.stats.set_queue_length(0)
-            self._cv.notify_all()
-        self._thread.join(timeout=30)
-        for job in self.running.evict(lambda job: True):
+        super().close()
+        for job in self.running.evict(lambda job: True):  # the worker has stopped: fail what it held
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the server is shutting down"))

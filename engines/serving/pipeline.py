@@ -205,16 +205,16 @@ class Pipeline:
             close()
 
 
-class MicroBatcher:
-    """One worker thread runs jobs; waiting jobs with the same key go together, up to max_batch."""
+class GenerationWorker:
+    """One generation thread fed by a queue of jobs: submit, deadline checks, shutdown. Subclasses set their
+    own fields before calling ``__init__`` (it starts the thread) and implement ``_loop``."""
 
-    def __init__(self, run, max_batch: int, stats: ServeStats | None = None):
-        self._run, self._max_batch = run, max_batch
+    def __init__(self, stats: ServeStats | None = None):
         self.stats = stats or ServeStats()
         self._pending: list[Job] = []
         self._cv = threading.Condition()
         self._closed = False
-        self.batches: list[int] = []  # sizes of the batches run (for tests and logs)
+        self.batches: list[int] = []  # batch sizes run (for tests and logs)
         self._thread = threading.Thread(target=self._loop, name="reroute-generate", daemon=True)
         self._thread.start()
 
@@ -227,13 +227,38 @@ class MicroBatcher:
             self._cv.notify()
         return job.future
 
-    def _take_group(self) -> list[Job]:
-        """Drop the expired jobs, then take the oldest job and up to max_batch - 1 more with its key
-        (caller holds the lock)."""
+    def _drop_expired(self) -> None:
+        """Fail the waiting jobs whose deadline passed (caller holds the lock)."""
         now = time.monotonic()
         for job in [j for j in self._pending if j.expired(now)]:
             job.future.set_exception(DeadlineExceeded("the deadline passed while the request waited"))
         self._pending = [j for j in self._pending if not j.expired(now)]
+
+    def _loop(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            for job in self._pending:
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+            self._pending = []
+            self.stats.set_queue_length(0)
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+
+
+class MicroBatcher(GenerationWorker):
+    """Waiting jobs with the same key go together, up to max_batch, and run to the end as one batch."""
+
+    def __init__(self, run, max_batch: int, stats: ServeStats | None = None):
+        self._run, self._max_batch = run, max_batch
+        super().__init__(stats)
+
+    def _take_group(self) -> list[Job]:
+        """Drop the expired jobs, then take the oldest job and up to max_batch - 1 more with its key
+        (caller holds the lock)."""
+        self._drop_expired()
         if not self._pending:
             return []
         key = self._pending[0].key
@@ -262,16 +287,6 @@ class MicroBatcher:
             else:
                 for job, result in zip(group, results):
                     job.future.set_result(result)
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            for job in self._pending:
-                job.future.set_exception(RuntimeError("the server is shutting down"))
-            self._pending = []
-            self.stats.set_queue_length(0)
-            self._cv.notify_all()
-        self._thread.join(timeout=30)
 
 
 # -- the Triton side ----------------------------------------------------------------------------------
