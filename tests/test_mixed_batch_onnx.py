@@ -29,16 +29,24 @@ PROMPTS = [
 ]
 
 
+class _Exports(dict):
+    """method -> artifact path, each exported on first use (once per module): ``-k`` runs export only theirs."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, method):
+        from exporter.onnx_export import export_artifact
+
+        self[method] = export_artifact("llava-tiny", method, 0.25, out=str(self.root / method), parity_samples=0,
+                                       quiet=True)[0]
+        return self[method]
+
+
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    from exporter.onnx_export import export_artifact
-
-    root = tmp_path_factory.mktemp("mixed")
-    paths = {}
-    for method in METHODS:
-        export_artifact("llava-tiny", method, 0.25, out=str(root / method), parity_samples=0, quiet=True)
-        paths[method] = root / method
-    return paths
+    return _Exports(tmp_path_factory.mktemp("mixed"))
 
 
 def _inputs(artifact):
