@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from ..batching import RunningBatch
-from .pipeline import GenerationWorker
+from .worker import GenerationWorker
 from .stats import ServeStats
 
 

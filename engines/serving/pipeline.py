@@ -36,6 +36,7 @@ from ..backends import open_backend
 from ..errors import RerouteError
 from ..inputs import IMAGE_PLACEHOLDER, ImageError, PromptInputs, decode_image, stack_inputs, visual_span_start
 from .stats import ServeStats
+from .worker import DeadlineExceeded, GenerationWorker
 
 MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
 SERVE_BACKENDS = ("onnxruntime", "tensorrt")
@@ -43,10 +44,6 @@ SERVE_BACKENDS = ("onnxruntime", "tensorrt")
 
 class BadRequest(ValueError):
     """A request the server refuses; the message goes back to that client."""
-
-
-class DeadlineExceeded(Exception):
-    """A job whose deadline passed before the worker reached it."""
 
 
 class RequestRefused(Exception):
@@ -203,49 +200,6 @@ class Pipeline:
         close = getattr(self.backend, "close", None)
         if close is not None:
             close()
-
-
-class GenerationWorker:
-    """One generation thread fed by a queue of jobs: submit, deadline checks, shutdown. Subclasses set their
-    own fields before calling ``__init__`` (it starts the thread) and implement ``_loop``."""
-
-    def __init__(self, stats: ServeStats | None = None):
-        self.stats = stats or ServeStats()
-        self._pending: list[Job] = []
-        self._cv = threading.Condition()
-        self._closed = False
-        self.batches: list[int] = []  # batch sizes run (for tests and logs)
-        self._thread = threading.Thread(target=self._loop, name="reroute-generate", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: Job) -> Future:
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the server is shutting down")
-            self._pending.append(job)
-            self.stats.set_queue_length(len(self._pending))
-            self._cv.notify()
-        return job.future
-
-    def _drop_expired(self) -> None:
-        """Fail the waiting jobs whose deadline passed (caller holds the lock)."""
-        now = time.monotonic()
-        for job in [j for j in self._pending if j.expired(now)]:
-            job.future.set_exception(DeadlineExceeded("the deadline passed while the request waited"))
-        self._pending = [j for j in self._pending if not j.expired(now)]
-
-    def _loop(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            for job in self._pending:
-                job.future.set_exception(RuntimeError("the server is shutting down"))
-            self._pending = []
-            self.stats.set_queue_length(0)
-            self._cv.notify_all()
-        self._thread.join(timeout=30)
 
 
 class MicroBatcher(GenerationWorker):
