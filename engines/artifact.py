@@ -13,7 +13,9 @@ from graphs.schedule import Schedule
 
 from .errors import RerouteError
 
-FORMAT_VERSION = 1
+# 2: fixed-resolution prefill takes visual_start [B], position_ids and attention_mask [B, T]; decode takes
+# pad_lengths [B]; PoolSelect takes pad_lengths (mixed-length batches). Older artifacts must be re-exported.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 GRAPHS = ("vision", "embed", "prefill", "decode")
 
@@ -114,6 +116,11 @@ def open_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:
     version = manifest.get("format_version")
     if not isinstance(version, int):
         raise RerouteError(f"{manifest_path} has no format_version")
+    if version < FORMAT_VERSION:
+        raise RerouteError(
+            f"{manifest_path} has format version {version}, older than this reroute's ({FORMAT_VERSION}): "
+            f"its graphs lack the mixed-batch inputs; re-export it with `reroute export`"
+        )
     if version > FORMAT_VERSION:
         raise RerouteError(
             f"{manifest_path} has format version {version}, newer than this reroute understands "

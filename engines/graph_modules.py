@@ -24,5 +24,5 @@ def build_graph_modules(loaded, schedule, dtype: torch.dtype) -> dict[str, torch
         "vision": loaded.family.vision_graph(hf).eval(),
         "embed": EmbedGraph(MergeEmbedding(hf.get_input_embeddings(), loaded.image_token_id)).eval(),
         "prefill": prefill.eval(),
-        "decode": DecodeGraph(decoder).eval(),
+        "decode": DecodeGraph(decoder, padded=not dynamic).eval(),  # Qwen: no padded batches yet
     }

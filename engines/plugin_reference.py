@@ -12,36 +12,46 @@ import numpy as np
 from onnx.reference.op_run import OpRun
 
 
-def _source_index(n: int, p: int, selected: np.ndarray, v0: int) -> np.ndarray:
-    """[B, n - P + k]: for each compact slot, its index in the n-token sequence."""
+def _per_sample(values, batch: int) -> list[int]:
+    """visual_start / pad_lengths: an int, a [1] array (one for the batch) or a [B] array -> B ints."""
+    flat = np.asarray(values, dtype=np.int64).reshape(-1)
+    return [int(v) for v in (np.broadcast_to(flat, (batch,)) if flat.size == 1 else flat)]
+
+
+def _source_index(n: int, p: int, selected: np.ndarray, v0) -> np.ndarray:
+    """[B, n - P + k]: for each compact slot, its index in the n-token sequence (v0: per sample)."""
     b, k = selected.shape
     src = np.empty((b, n - p + k), dtype=np.int64)
-    for slot in range(n - p + k):
-        if slot < v0:
-            src[:, slot] = slot
-        elif slot < v0 + k:
-            src[:, slot] = v0 + selected[:, slot - v0]
-        else:
-            src[:, slot] = slot + (p - k)
+    for i, start in enumerate(_per_sample(v0, b)):
+        for slot in range(n - p + k):
+            if slot < start:
+                src[i, slot] = slot
+            elif slot < start + k:
+                src[i, slot] = start + selected[i, slot - start]
+            else:
+                src[i, slot] = slot + (p - k)
     return src
 
 
-def pool_scores_ref(q_last, keys, v0: int, num_candidates: int, scale) -> np.ndarray:
-    """[B, P] fp32: head-averaged softmax row of the last query over the candidate span."""
+def pool_scores_ref(q_last, keys, v0, num_candidates: int, scale, pad_lengths=0) -> np.ndarray:
+    """[B, P] fp32: head-averaged softmax row of the last query over each sample's candidate span,
+    the sample's first pad_lengths[b] keys (left padding) left out of the softmax."""
     b, h, hd = q_last.shape
     kvh, n = keys.shape[1], keys.shape[2]
     q = q_last.astype(np.float32).reshape(b, kvh, h // kvh, hd)
     logits = np.einsum("bgqd,bgnd->bgqn", q, keys.astype(np.float32)) * np.float32(scale)
+    for i, pad in enumerate(_per_sample(pad_lengths, b)):
+        logits[i, ..., :pad] = -np.inf
     logits -= logits.max(-1, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(-1, keepdims=True)
     row = probs.reshape(b, h, n).mean(1)  # [B, n]
-    return row[:, v0 : v0 + num_candidates]
+    return np.stack([row[i, s : s + num_candidates] for i, s in enumerate(_per_sample(v0, b))])
 
 
-def pool_select_ref(q_last, keys, v0: int, k: int, num_candidates: int, scale) -> np.ndarray:
+def pool_select_ref(q_last, keys, v0, k: int, num_candidates: int, scale, pad_lengths=0) -> np.ndarray:
     """[B, k] int64: the k best candidates (score desc, then index asc), ascending."""
-    scores = pool_scores_ref(q_last, keys, v0, num_candidates, scale)
+    scores = pool_scores_ref(q_last, keys, v0, num_candidates, scale, pad_lengths)
     out = np.empty((scores.shape[0], k), dtype=np.int64)
     for i in range(scores.shape[0]):
         order = np.lexsort((np.arange(num_candidates), -scores[i]))  # score desc, then index asc
@@ -49,12 +59,12 @@ def pool_select_ref(q_last, keys, v0: int, k: int, num_candidates: int, scale) -
     return out
 
 
-def pool_gather_ref(x, selected, v0: int, num_candidates: int) -> np.ndarray:
+def pool_gather_ref(x, selected, v0, num_candidates: int) -> np.ndarray:
     src = _source_index(x.shape[1], num_candidates, selected, v0)
     return np.take_along_axis(x, src.reshape(src.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def pool_scatter_ref(x, compact, selected, v0: int, num_candidates: int) -> np.ndarray:
+def pool_scatter_ref(x, compact, selected, v0, num_candidates: int) -> np.ndarray:
     src = _source_index(x.shape[1], num_candidates, selected, v0)
     out = x.copy()
     index = np.broadcast_to(src.reshape(src.shape + (1,) * (x.ndim - 2)), compact.shape)
@@ -65,16 +75,16 @@ def pool_scatter_ref(x, compact, selected, v0: int, num_candidates: int) -> np.n
 class PoolSelect(OpRun):
     op_domain = "reroute"
 
-    def _run(self, q_last, keys, visual_start, k=None, num_candidates=None, scale=None,
+    def _run(self, q_last, keys, visual_start, pad_lengths, k=None, num_candidates=None, scale=None,
              plugin_namespace=None, plugin_version=None):
-        return (pool_select_ref(q_last, keys, int(visual_start.reshape(-1)[0]), k, num_candidates, scale),)
+        return (pool_select_ref(q_last, keys, visual_start, k, num_candidates, scale, pad_lengths),)
 
 
 class PoolGather(OpRun):
     op_domain = "reroute"
 
     def _run(self, x, selected, visual_start, num_candidates=None, plugin_namespace=None, plugin_version=None):
-        return (pool_gather_ref(x, selected, int(visual_start.reshape(-1)[0]), num_candidates),)
+        return (pool_gather_ref(x, selected, visual_start, num_candidates),)
 
 
 class PoolScatter(OpRun):
@@ -82,7 +92,7 @@ class PoolScatter(OpRun):
 
     def _run(self, x, compact, selected, visual_start, num_candidates=None, plugin_namespace=None,
              plugin_version=None):
-        return (pool_scatter_ref(x, compact, selected, int(visual_start.reshape(-1)[0]), num_candidates),)
+        return (pool_scatter_ref(x, compact, selected, visual_start, num_candidates),)
 
 
 def _size(t, plugin_form) -> int:
@@ -92,15 +102,16 @@ def _size(t, plugin_form) -> int:
 
 
 class PoolSelectDynamic(OpRun):
-    """PoolSelect with ``k`` and ``num_candidates`` as int64 [1] inputs (dynamic N_v), or extents."""
+    """PoolSelect with ``k`` and ``num_candidates`` as int64 [1] inputs (dynamic N_v), or extents in the
+    plugin form; no padding input."""
 
     op_domain = "reroute"
 
     def _run(self, q_last, keys, visual_start, k, num_candidates, scale=None, plugin_namespace=None,
              plugin_version=None):
         plugin = plugin_namespace is not None
-        return PoolSelect._run(self, q_last, keys, visual_start, k=_size(k, plugin),
-                               num_candidates=_size(num_candidates, plugin), scale=scale)
+        return (pool_select_ref(q_last, keys, visual_start, _size(k, plugin), _size(num_candidates, plugin),
+                                scale),)
 
 
 class PoolGatherDynamic(OpRun):

@@ -108,20 +108,28 @@ class SessionBackend:
         names = kv_names("present", self.num_layers)
         return [(out[names[2 * i]], out[names[2 * i + 1]]) for i in range(self.num_layers)]
 
-    def prefill(self, inputs_embeds, visual_start: int, position_ids=None, num_visual: int | None = None) -> Prefill:
-        """position_ids [3, B, T] and num_visual (N_v) for dynamic-resolution graphs: N_v reaches the graph
+    def prefill(self, inputs_embeds, visual_start, position_ids=None, num_visual: int | None = None,
+                attention_mask=None) -> Prefill:
+        """visual_start: an int, or one per sample ([B], a left-padded batch with ``attention_mask`` [B, T]
+        and ``position_ids`` [B, T]); :func:`prefill_feeds` fills what a padding-free call leaves out.
+        position_ids [3, B, T] and num_visual (N_v) for dynamic-resolution graphs: N_v reaches the graph
         as the length of ``visual_span`` (the span's prompt indices), from which it derives every k_s."""
-        feeds = {"inputs_embeds": inputs_embeds, "visual_start": np.array([visual_start], dtype=np.int64)}
-        if position_ids is not None:
-            feeds["position_ids"] = position_ids
         if num_visual is not None:
-            feeds["visual_span"] = np.arange(visual_start, visual_start + num_visual, dtype=np.int64)
+            feeds = {"inputs_embeds": inputs_embeds, "visual_start": np.array([visual_start], dtype=np.int64),
+                     "position_ids": position_ids,
+                     "visual_span": np.arange(visual_start, visual_start + num_visual, dtype=np.int64)}
+        else:
+            feeds = prefill_feeds(inputs_embeds, visual_start, position_ids, attention_mask)
         out = self.run("prefill", feeds)
         selections = [out[f"routing.{s}.indices"] for s in range(self.num_stages)]
         return Prefill(out["logits"].astype(np.float32), self._cache(out), selections)
 
-    def decode(self, inputs_embeds, positions, cache):
-        feeds = {"inputs_embeds": inputs_embeds, "position_ids": positions}
+    def decode(self, inputs_embeds, positions, cache, pad_lengths=None):
+        """pad_lengths: [B] left padding at the front of each sample's caches (None: none); graphs
+        without the input (dynamic resolution) are not fed it."""
+        b = inputs_embeds.shape[0]
+        pad = np.zeros(b, dtype=np.int64) if pad_lengths is None else np.asarray(pad_lengths, dtype=np.int64)
+        feeds = {"inputs_embeds": inputs_embeds, "position_ids": positions, "pad_lengths": pad}
         for i, (k, v) in enumerate(cache):
             feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = k, v
         out = self.run("decode", feeds)
@@ -129,3 +137,17 @@ class SessionBackend:
 
     def cache_lengths(self, cache) -> list[int]:
         return [k.shape[2] for k, _ in cache]
+
+
+def prefill_feeds(inputs_embeds, visual_start, position_ids=None, attention_mask=None) -> dict:
+    """The fixed-resolution prefill's feeds: visual_start [B], position_ids [B, T], attention_mask [B, T].
+
+    A padding-free call may give one int start and no positions or mask: every sample then starts its
+    span at ``visual_start``, positions are 0..T-1 and the mask is all ones (the graph's unpadded result).
+    """
+    b, t = inputs_embeds.shape[:2]
+    starts = np.broadcast_to(np.asarray(visual_start, dtype=np.int64).reshape(-1), (b,))
+    positions = np.broadcast_to(np.arange(t, dtype=np.int64), (b, t)) if position_ids is None else position_ids
+    mask = np.ones((b, t), dtype=np.int64) if attention_mask is None else attention_mask
+    return {"inputs_embeds": inputs_embeds, "visual_start": starts, "position_ids": positions,
+            "attention_mask": mask}

@@ -48,7 +48,8 @@ def parse_shapes(text: str | None) -> dict[str, Shape]:
 
 def default_profiles(artifact: Artifact, graph: str) -> dict[str, tuple[Shape, Shape, Shape]]:
     """(min, opt, max) per input: batch 1..max_batch, prompt N_v+1..max_sequence, per-layer KV lengths
-    ``text + visual_tokens(layer)``. For shape inputs (visual_start) the triple holds values."""
+    ``text + visual_tokens(layer)``. For shape inputs the triple holds values (none in fixed-resolution graphs
+    since visual_start became per sample; dynamic-resolution ones keep it, engines/trt_profiles_dynamic.py)."""
     m = artifact.manifest
     if "max_visual_tokens" in m["capacity"]:  # dynamic resolution: N_v varies per request
         from .trt_profiles_dynamic import dynamic_profiles
@@ -64,12 +65,15 @@ def default_profiles(artifact: Artifact, graph: str) -> dict[str, tuple[Shape, S
     if graph == "embed":
         return {"input_ids": ((1, 1), (1, s_opt), (b, s_max)),
                 "image_features": ((1, 0, d), (1, n_v, d), (b, n_v, d))}
-    if graph == "prefill":
-        profile = {"inputs_embeds": ((1, s_min, d), (1, s_opt, d), (b, s_max, d))}
+    if graph == "prefill":  # mixed batches: visual_start [B], position_ids / attention_mask [B, T]
+        tokens = ((1, s_min), (1, s_opt), (b, s_max))
+        profile = {"inputs_embeds": tuple((*bt, d) for bt in tokens), "position_ids": tokens,
+                   "attention_mask": tokens}
         if any(t["name"] == "visual_start" for t in m["graphs"]["prefill"]["inputs"]):
-            profile["visual_start"] = ((0,), (OPT_TEXT_TOKENS // 2,), (s_max - n_v - 1,))
+            profile["visual_start"] = ((1,), (1,), (b,))
         return profile
-    profile = {"inputs_embeds": ((1, 1, d), (1, 1, d), (b, 1, d)), "position_ids": ((1, 1), (1, 1), (b, 1))}
+    profile = {"inputs_embeds": ((1, 1, d), (1, 1, d), (b, 1, d)), "position_ids": ((1, 1), (1, 1), (b, 1)),
+               "pad_lengths": ((1,), (1,), (b,))}
     for entry in m["kv"]:
         v = entry["visual_tokens"]
         lengths = (1 + v, OPT_TEXT_TOKENS + v, s_max - n_v + v - 1)  # past = text + visual of that layer

@@ -57,12 +57,17 @@ def _dynamic_axes(name: str, module, num_layers: int) -> dict:
     axes = {n: dict(batch) for n in module.output_names()}
     if name == "prefill":
         axes["inputs_embeds"] = {0: "batch", 1: "sequence"}
+        if "attention_mask" in module.input_names():  # fixed resolution: mixed (left-padded) batches
+            axes.update(visual_start=batch, position_ids={0: "batch", 1: "sequence"},
+                        attention_mask={0: "batch", 1: "sequence"})
         for i in range(num_layers):
             for kind in ("key", "value"):
                 axes[f"present.{i}.{kind}"] = {0: "batch", 2: f"present_len_{i}"}
     else:
         axes["inputs_embeds"] = batch
         axes["position_ids"] = batch
+        if "pad_lengths" in module.input_names():
+            axes["pad_lengths"] = batch
         for i in range(num_layers):
             for kind in ("key", "value"):
                 axes[f"past_key_values.{i}.{kind}"] = {0: "batch", 2: f"past_len_{i}"}
@@ -78,20 +83,22 @@ def _example_inputs(loaded: LoadedModel, modules, dtype) -> dict[str, tuple]:
     inputs = encode(loaded.processor, [prompt], [image], loaded.image_token_id, loaded.num_visual)
     ids = torch.from_numpy(inputs.input_ids)
     pixels = torch.from_numpy(inputs.pixel_values).to(dtype)
-    v0 = torch.tensor([inputs.visual_start], dtype=torch.int64)
+    v0 = torch.tensor([inputs.visual_start], dtype=torch.int64)  # [B]: one start per sample
+    positions = torch.arange(ids.shape[1], dtype=torch.int64)[None]  # [B, T]
+    mask = torch.ones_like(ids)  # [B, T]: no padding in the tracing sample
     with torch.inference_mode():
         features = modules["vision"](pixels)
         embeds = modules["embed"](ids, features)
-        out = modules["prefill"](embeds, v0)
+        out = modules["prefill"](embeds, v0, positions, mask)
     num_layers = loaded.decoder_config.num_layers
     past = tuple(t.clone() for t in out[1 : 1 + 2 * num_layers])
     step = modules["embed"](ids[:, -1:], features[:, :0])
-    positions = torch.tensor([[ids.shape[1]]], dtype=torch.int64)
+    pad_lengths = torch.zeros(1, dtype=torch.int64)
     return {
         "vision": (pixels,),
         "embed": (ids, features),
-        "prefill": (embeds, v0),
-        "decode": (step, positions, *past),
+        "prefill": (embeds, v0, positions, mask),
+        "decode": (step, torch.tensor([[ids.shape[1]]], dtype=torch.int64), pad_lengths, *past),
     }
 
 

@@ -75,22 +75,23 @@ def _graph_feeds(reference, inputs_list, vision_config=None) -> dict[str, list[d
     positions, ``visual_span`` (whose length is N_v) and 3-D decode positions."""
     from engines.generate import decode_positions
     from engines.qwen_vision_inputs import vision_index_inputs
+    from engines.session_backend import prefill_feeds
 
     feeds = {g: [] for g in GRAPHS}
     for x in inputs_list:
         grid = x.image_grid_thw
         feats = reference.vision(x.pixel_values) if grid is None else reference.vision(x.pixel_values, grid)
         embeds = reference.embed(x.input_ids, feats)
-        v0 = np.array([x.visual_start], dtype=np.int64)
-        prefill = {"inputs_embeds": embeds, "visual_start": v0}
         vision = {"pixel_values": x.pixel_values}
         if grid is None:
             pre = reference.prefill(embeds, x.visual_start)
+            prefill = prefill_feeds(embeds, x.visual_start)  # one per sample, positions, mask (no padding)
         else:
             pre = reference.prefill(embeds, x.visual_start, x.position_ids, num_visual=x.num_visual)
             vision.update(image_grid_thw=grid, **vision_index_inputs(grid, vision_config))
-            prefill.update(position_ids=x.position_ids,
-                           visual_span=np.arange(x.visual_start, x.visual_start + x.num_visual, dtype=np.int64))
+            prefill = {"inputs_embeds": embeds, "visual_start": np.array([x.visual_start], dtype=np.int64),
+                       "position_ids": x.position_ids,
+                       "visual_span": np.arange(x.visual_start, x.visual_start + x.num_visual, dtype=np.int64)}
         token = np.argmax(pre.logits, -1)[:, None].astype(np.int64)
         step = reference.embed(token, feats[:, :0])
         feeds["vision"].append(vision)
@@ -98,6 +99,8 @@ def _graph_feeds(reference, inputs_list, vision_config=None) -> dict[str, list[d
         feeds["prefill"].append(prefill)
         positions = decode_positions(x.input_ids.shape[1], 0, x.input_ids.shape[0], x.rope_delta)
         decode = {"inputs_embeds": step, "position_ids": positions}
+        if grid is None:  # fixed-resolution decode takes each sample's cache padding
+            decode["pad_lengths"] = np.zeros(x.input_ids.shape[0], dtype=np.int64)
         for i, (k, v) in enumerate(reference.cache_arrays(pre.cache)):
             decode[f"past_key_values.{i}.key"], decode[f"past_key_values.{i}.value"] = k, v
         feeds["decode"].append(decode)

@@ -22,22 +22,27 @@ def routing_names(num_stages: int) -> list[str]:
 
 
 class PrefillGraph(nn.Module):
-    """(inputs_embeds [B,T,d], visual_start [1]) -> logits [B,V], present.*, routing.*"""
+    """(inputs_embeds [B,T,d], visual_start [B], position_ids [B,T], attention_mask [B,T])
+    -> logits [B,V], present.*, routing.*
+
+    A mixed batch is left-padded: attention_mask is 0 at each sample's padding, position_ids restart at 0
+    after it and visual_start is each sample's own span start (graphs/routed.py).
+    """
 
     def __init__(self, decoder: RoutedDecoder):
         super().__init__()
         self.decoder = decoder
 
     def input_names(self) -> list[str]:
-        return ["inputs_embeds", "visual_start"]
+        return ["inputs_embeds", "visual_start", "position_ids", "attention_mask"]
 
     def output_names(self) -> list[str]:
         d = self.decoder
         return ["logits", *kv_names("present", d.cfg.num_layers), *routing_names(len(d.schedule.layers))]
 
-    def forward(self, inputs_embeds, visual_start=None):
+    def forward(self, inputs_embeds, visual_start=None, position_ids=None, attention_mask=None):
         # unrouted schedules never read visual_start, and the exported graph then has no such input
-        out = self.decoder.prefill(inputs_embeds, visual_start)
+        out = self.decoder.prefill(inputs_embeds, visual_start, position_ids, attention_mask=attention_mask)
         return (out.logits, *[t for kv in out.cache for t in kv], *out.selections)
 
 
@@ -60,23 +65,34 @@ class DynamicPrefillGraph(PrefillGraph):
 
 
 class DecodeGraph(nn.Module):
-    """(inputs_embeds [B,1,d], position_ids [B,1] or [3,B,1] (M-RoPE), past_key_values.*) -> logits, present.*"""
+    """(inputs_embeds [B,1,d], position_ids [B,1] or [3,B,1] (M-RoPE), [pad_lengths [B]], past_key_values.*)
+    -> logits, present.*
 
-    def __init__(self, decoder: RoutedDecoder):
+    ``padded``: the graph takes ``pad_lengths``, the left padding at the front of every layer's cache of
+    each sample (a mixed batch, or a request that joined a running batch); the fixed-resolution families'.
+    """
+
+    def __init__(self, decoder: RoutedDecoder, padded: bool = False):
         super().__init__()
         self.decoder = decoder
+        self.padded = padded
 
     def input_names(self) -> list[str]:
-        return ["inputs_embeds", "position_ids", *kv_names("past_key_values", self.decoder.cfg.num_layers)]
+        pad = ["pad_lengths"] if self.padded else []
+        return ["inputs_embeds", "position_ids", *pad, *kv_names("past_key_values", self.decoder.cfg.num_layers)]
 
     def output_names(self) -> list[str]:
         return ["logits", *kv_names("present", self.decoder.cfg.num_layers)]
 
     def forward(self, inputs_embeds, position_ids, *past, **named_past):
+        pad_lengths = None
         if named_past:  # called by input name (the parity runner)
+            pad_lengths = named_past.get("pad_lengths")
             past = tuple(named_past[n] for n in kv_names("past_key_values", self.decoder.cfg.num_layers))
+        elif self.padded:
+            pad_lengths, past = past[0], past[1:]
         cache = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-        logits, new = self.decoder.decode_step(inputs_embeds, position_ids, cache)
+        logits, new = self.decoder.decode_step(inputs_embeds, position_ids, cache, pad_lengths)
         return (logits, *[t for kv in new for t in kv])
 
 

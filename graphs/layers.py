@@ -78,14 +78,13 @@ def attend(q, k, v, causal: bool, scale: float, key_mask: torch.Tensor | None = 
     """
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, n, s]
     scores = scores.float()
+    pos = torch.arange(q.shape[2], device=q.device) if causal else None
     if causal:  # prefill: s == n, token i sees keys 0..i
-        n = q.shape[2]
-        pos = torch.arange(n, device=q.device)
         scores = scores.masked_fill(pos[None, :] > pos[:, None], float("-inf"))  # [n, n] broadcast
     if key_mask is not None:
         allowed = key_mask[:, None, None, :]  # [B, 1, 1, s]
-        if causal:
-            allowed = allowed | torch.eye(q.shape[2], dtype=torch.bool, device=q.device)  # [B, 1, n, n]
+        if causal:  # the diagonal as a comparison: ONNX Runtime has no bool EyeLike
+            allowed = allowed | (pos[None, :] == pos[:, None])  # [B, 1, n, n]
         scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     return torch.matmul(probs, v)  # [B, H, n, hd]

@@ -13,11 +13,12 @@ The compact sequence is ``[text before, selected (ascending), text after]``,
 
 Mixed batches: ``v0`` is one start for the batch (an int, or a tensor of one
 element) or one per sample (a ``[B]`` tensor, left-padded prompts whose images
-sit at different positions); ``key_mask`` ([B, n] bool, False at padding) keeps
-padding out of the scoring softmax. Left padding stays before every span, so
-the compact length ``n - P + k`` is the same for every sample. (Eager torch for
-now: the exported ops, their ONNX function bodies and the plugins still take
-one start and no mask.)
+sit at different positions); ``pad_lengths`` ([B] int64, the left-padding count)
+keeps padding out of the scoring softmax. Left padding stays before every span,
+so the compact length ``n - P + k`` is the same for every sample and the padding
+count is the same at every stage: one count per sample serves every layer. The
+exported ``PoolSelect`` takes it as its fourth input (a padding-free batch feeds
+zeros); the dynamic-N_v ops take per-sample starts but no padding yet.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _as_int(v) -> int:
 
 
 def pool_scores(q_last: torch.Tensor, keys: torch.Tensor, v0, num_candidates: int, scale: float,
-                key_mask: torch.Tensor | None = None):
+                pad_lengths: torch.Tensor | None = None):
     """Head-averaged attention of the last token over the candidate span, fp32.
 
     q_last: [B, H, hd]; keys: [B, KVH, n, hd] (RoPE applied, whole current sequence).
@@ -51,8 +52,9 @@ def pool_scores(q_last: torch.Tensor, keys: torch.Tensor, v0, num_candidates: in
     kvh = keys.shape[1]
     q = q_last.float().reshape(b, kvh, h // kvh, hd)  # [B, KVH, G, hd]: query head h uses KV group h // G
     logits = torch.matmul(q, keys.float().transpose(-1, -2)) * scale  # [B, KVH, G, n]
-    if key_mask is not None:  # padding never enters the softmax
-        logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    if pad_lengths is not None:  # padding (the first pad_lengths[b] keys) never enters the softmax
+        padding = torch.arange(keys.shape[2], device=keys.device)[None, :] < pad_lengths.reshape(-1, 1)  # [B, n]
+        logits = logits.masked_fill(padding[:, None, None, :], float("-inf"))
     probs = torch.softmax(logits, dim=-1).reshape(b, h, -1)  # [B, H, n]
     row = probs.mean(dim=1)  # [B, n]
     span = _starts(v0, b, row.device) + torch.arange(num_candidates, device=row.device)  # [B, P]
@@ -79,14 +81,12 @@ def compact_source_index(selected: torch.Tensor, v0, n: int, num_candidates: int
 
 class _PoolSelect(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q_last, keys, v0, k, num_candidates, scale, key_mask=None):
-        return select_top(pool_scores(q_last, keys, v0, num_candidates, scale, key_mask), k)
+    def forward(ctx, q_last, keys, v0, pad_lengths, k, num_candidates, scale):
+        return select_top(pool_scores(q_last, keys, v0, num_candidates, scale, pad_lengths), k)
 
     @staticmethod
-    def symbolic(g, q_last, keys, v0, k, num_candidates, scale, key_mask=None):
-        if key_mask is not None and not key_mask.node().mustBeNone():
-            raise NotImplementedError("PoolSelect with a padding mask is not exportable yet (eager torch only)")
-        out = g.op(f"{DOMAIN}::PoolSelect", q_last, keys, v0, k_i=k, num_candidates_i=num_candidates,
+    def symbolic(g, q_last, keys, v0, pad_lengths, k, num_candidates, scale):
+        out = g.op(f"{DOMAIN}::PoolSelect", q_last, keys, v0, pad_lengths, k_i=k, num_candidates_i=num_candidates,
                    scale_f=scale)
         out.setType(v0.type().with_dtype(torch.int64).with_sizes([None, k]))  # [B, k]
         return out
@@ -120,12 +120,12 @@ class _PoolScatter(torch.autograd.Function):
 
 
 def pool_select(q_last, keys, v0, *, k: int, num_candidates: int, scale: float,
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Score the pool and pick ``k`` candidates: [B, k] int64, ascending, in [0, P). ``key_mask``: [B, n]
-    bool, False at padding (None: no padding, the exported form)."""
-    if key_mask is None:
-        return _PoolSelect.apply(q_last, keys, v0, k, num_candidates, float(scale))
-    return _PoolSelect.apply(q_last, keys, v0, k, num_candidates, float(scale), key_mask)
+                pad_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Score the pool and pick ``k`` candidates: [B, k] int64, ascending, in [0, P). ``pad_lengths``: [B]
+    int64, the left padding of each sample (None: none)."""
+    if pad_lengths is None:  # the op always has the input: the exported node's arity is fixed
+        pad_lengths = torch.zeros(q_last.shape[0], dtype=torch.long, device=q_last.device)
+    return _PoolSelect.apply(q_last, keys, v0, pad_lengths, k, num_candidates, float(scale))
 
 
 def pool_gather(x, selected, v0, *, num_candidates: int) -> torch.Tensor:

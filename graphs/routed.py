@@ -5,12 +5,12 @@ one scatter back at the next decision layer; capacities are static per stage,
 there is no data-dependent Python control flow, and every layer's KV cache
 holds exactly the tokens that layer processed.
 
-Mixed batches (eager torch so far): prompts of different lengths are left-padded;
+Mixed batches (eager and exported): prompts of different lengths are left-padded;
 ``attention_mask`` [B, T] marks the real tokens, ``positions`` [B, T] restart at 0
 after each sample's padding, and ``visual_start`` is per sample ([B]). Padding
 stays in front of every span, so each layer's cache has the same length for
 every sample, and sample b's padding is the first ``pad_lengths[b]`` entries of
-every layer's cache: decode masks them with that count alone.
+every layer's sequence and cache: prefill and decode mask them with that count alone.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class RoutedDecoder(nn.Module):
         model.rotary = Rotary(cfg)  # the buffer was created on meta
         return model.to(dtype=hf_model.lm_head.weight.dtype).eval()
 
-    def _score_and_gather(self, layer: DecoderLayer, full, full_pos, v0, size, full_mask=None):
+    def _score_and_gather(self, layer: DecoderLayer, full, full_pos, v0, size, pad_lengths=None):
         """Score the pool at a decision layer, pick k_s, gather the compact sequence.
 
         size: (candidates P, capacity k) of this stage, ints (static) or int64 [1] tensors (N_v dynamic).
@@ -88,14 +88,13 @@ class RoutedDecoder(nn.Module):
             selected = pool_select_dynamic(q_last, keys, v0, k=k, num_candidates=candidates, scale=scale)
         else:
             selected = pool_select(q_last, keys, v0, k=k, num_candidates=candidates, scale=scale,
-                                   key_mask=full_mask)  # [B, k_s]
+                                   pad_lengths=pad_lengths)  # [B, k_s]
 
         def gather(t):  # [B, n, C] -> [B, n - P + k_s, C]
             return _gather(t, selected, v0, candidates)
 
         x_pos = gather_positions(gather, full_pos)  # [B, n - P + k_s] or [3, B, n - P + k_s]
-        x_mask = None if full_mask is None else gather(full_mask[..., None].long())[..., 0].bool()
-        return selected, gather(full), x_pos, gather(h), gather(k_lin), x_mask
+        return selected, gather(full), x_pos, gather(h), gather(k_lin)
 
     def _stage_sizes(self, sch: Schedule, num_visual):
         """Per stage (candidates, k): from the schedule, or computed from the N_v tensor (dynamic export)."""
@@ -125,8 +124,9 @@ class RoutedDecoder(nn.Module):
         x = inputs_embeds
         # [B, T], or [3, B, T] with M-RoPE
         x_pos = torch.arange(t, device=x.device).expand(b, t) if positions is None else positions
-        x_mask = None if attention_mask is None else attention_mask.bool()  # [B, T]
-        full = full_pos = full_mask = selected = normed = k_lin = None
+        # left padding: sample b's first pad[b] tokens, at every stage (the padding precedes every span)
+        pad = None if attention_mask is None else t - attention_mask.long().sum(1)  # [B]
+        full = full_pos = selected = normed = k_lin = None
         selections: list[torch.Tensor] = []
         cache: KVCache = []
         for i, layer in enumerate(self.layers):
@@ -136,16 +136,16 @@ class RoutedDecoder(nn.Module):
                     # scatter the stage's results back into the pool; deferred tokens stay frozen
                     full = _scatter(full, x, selected, visual_start, sizes[0][0])  # P = N_v when routing
                 else:  # first decision, or deletion: the current sequence is the new candidate set
-                    full, full_pos, full_mask = x, x_pos, x_mask
-                selected, x, x_pos, normed, k_lin, x_mask = self._score_and_gather(
-                    layer, full, full_pos, visual_start, sizes[stage], full_mask)
+                    full, full_pos = x, x_pos
+                selected, x, x_pos, normed, k_lin = self._score_and_gather(
+                    layer, full, full_pos, visual_start, sizes[stage], pad)
                 if sch.action == DELETE and stage > 0:
                     # survivors are indexed within the previous survivors: map back to original indices
                     selections.append(torch.gather(selections[-1], 1, selected))
                 else:
                     selections.append(selected)
             cos, sin = self.rotary(x_pos, x.dtype)
-            x, kv = layer(x, cos, sin, normed=normed, k_lin=k_lin, key_mask=x_mask)
+            x, kv = layer(x, cos, sin, normed=normed, k_lin=k_lin, key_mask=_real_keys(pad, x.shape[1], x.device))
             normed = k_lin = None  # only a decision layer gets them precomputed
             cache.append(kv)
         logits = self.lm_head(self.norm(x[:, -1:]))[:, 0]  # [B, vocab]; the last token is always text
@@ -159,14 +159,19 @@ class RoutedDecoder(nn.Module):
         cos, sin = self.rotary(positions, x.dtype)
         new_cache: KVCache = []
         for layer, past in zip(self.layers, cache):
-            key_mask = None
-            if pad_lengths is not None:  # [B, past + 1]: the padding slots of this layer's cache are masked
-                slots = torch.arange(past[0].shape[2] + 1, device=x.device)
-                key_mask = slots[None, :] >= pad_lengths[:, None]
+            # [B, past + 1]: the padding slots of this layer's cache are masked
+            key_mask = _real_keys(pad_lengths, past[0].shape[2] + 1, x.device)
             x, kv = layer(x, cos, sin, past, key_mask=key_mask)
             new_cache.append(kv)
         logits = self.lm_head(self.norm(x))[:, 0]  # [B, vocab]
         return logits, new_cache
+
+
+def _real_keys(pad_lengths, n, device):
+    """[B, n] bool, False at each sample's first pad_lengths[b] slots (left padding); None without padding."""
+    if pad_lengths is None:
+        return None
+    return torch.arange(n, device=device)[None, :] >= pad_lengths.reshape(-1, 1)
 
 
 def _gather(x, selected, v0, candidates):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import signal
 import socket
@@ -179,6 +180,7 @@ def run_load(url: str, clients: int, requests: int, max_new_tokens: int = 8, dea
             client.close()
 
     threads = [threading.Thread(target=client_loop, args=(c,), daemon=True) for c in range(clients)]
+    load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -197,18 +199,21 @@ def run_load(url: str, clients: int, requests: int, max_new_tokens: int = 8, dea
                       "mean": float(np.mean(lat)), "max": float(np.max(lat))},
         "wall_s": wall, "throughput_rps": len(latencies) / wall if wall > 0 else 0.0,
         "tokens": tokens[0], "throughput_tps": tokens[0] / wall if wall > 0 else 0.0, "arrival_s": arrival_s,
+        "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
     }
 
 
 def format_report(r: dict) -> str:
     lat = r["latency_s"]
     lines = [
-        f"load test {r['url']}: {r['clients']} clients x {r['requests_per_client']} requests "
-        f"(max_new_tokens {r['max_new_tokens']})",
+        f"load test {r['url']} (server --max-batch {r.get('server_max_batch') or 'capacity'}): "
+        f"{r['clients']} clients x {r['requests_per_client']} requests (max_new_tokens {r['max_new_tokens']})",
         f"  requests {r['sent']}  ok {r['ok']}  errors {r['errors']}  inconsistent answers {r['inconsistent_answers']}",
         f"  latency p50 {lat['p50']:.3f} s  p99 {lat['p99']:.3f} s  mean {lat['mean']:.3f} s  max {lat['max']:.3f} s",
         f"  throughput {r['throughput_rps']:.2f} req/s, {r['throughput_tps']:.1f} tokens/s  (wall {r['wall_s']:.1f} s, "
         f"clients arriving over {r['arrival_s']:g} s)",
+        f"  machine: {r['cpu_count']} cores, load average {r['loadavg_before']} before, {r['loadavg_after']} after",
     ]
     lines += [f"  error: {m}" for m in r["error_messages"]]
     return "\n".join(lines)

@@ -93,6 +93,13 @@ def test_manifest_and_real_kv_shapes(reroute_artifact, tiny):
     assert m["graphs"]["prefill"]["inputs"][0] == {"name": "inputs_embeds", "dtype": "float32",
                                                    "shape": ["batch", "sequence", 64]}
     assert m["kv"][2] == {"layer": 2, "visual_tokens": 179, "present_len": "sequence - 397"}
+    # mixed-length (left-padded) batches: per-sample starts, positions and mask in; cache padding for decode
+    prefill_inputs = {t["name"]: (t["dtype"], t["shape"]) for t in m["graphs"]["prefill"]["inputs"]}
+    assert prefill_inputs["visual_start"] == ("int64", ["batch"])
+    assert prefill_inputs["position_ids"] == prefill_inputs["attention_mask"] == ("int64", ["batch", "sequence"])
+    decode_inputs = {t["name"]: (t["dtype"], t["shape"]) for t in m["graphs"]["decode"]["inputs"]}
+    assert decode_inputs["pad_lengths"] == ("int64", ["batch"])
+    assert m["graphs"]["prefill"]["shape_inputs"] == [] and m["format_version"] == 2
     from engines.ort_runner import OrtBackend
     from engines.inputs import encode
     from exporter.samples import sample
@@ -169,7 +176,7 @@ def test_parity_failure_exits_1(capsys, tmp_path, reroute_artifact):
 
 @pytest.mark.parametrize("damage,needle", [
     ("missing", "is missing"), ("truncated", "sha256"), ("modified", "sha256"), ("newer", "newer"),
-    ("no-manifest", "manifest.json is missing"),
+    ("older", "re-export it"), ("no-manifest", "manifest.json is missing"),
 ])
 def test_bad_artifacts_one_line_exit_2(capsys, tmp_path, reroute_artifact, image_files, damage, needle):
     broken = tmp_path / damage
@@ -182,9 +189,9 @@ def test_bad_artifacts_one_line_exit_2(capsys, tmp_path, reroute_artifact, image
     elif damage == "modified":
         graph = broken / "vision.onnx"
         graph.write_bytes(graph.read_bytes() + b"\0")
-    elif damage == "newer":
+    elif damage in ("newer", "older"):  # older: format 1, graphs without the mixed-batch inputs
         manifest = json.loads((broken / "manifest.json").read_text())
-        manifest["format_version"] = 99
+        manifest["format_version"] = 99 if damage == "newer" else 1
         (broken / "manifest.json").write_text(json.dumps(manifest))
     else:
         (broken / "manifest.json").unlink()

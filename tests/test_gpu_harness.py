@@ -38,8 +38,8 @@ class ReferenceHarness:
     def __init__(self, damage=None):
         self.damage = damage or (lambda out: out)
 
-    def select(self, q, keys, v0, k, p, scale):
-        return self.damage(pool_select_ref(q, keys, v0, k, p, scale))
+    def select(self, q, keys, v0, k, p, scale, pad_lengths=None):
+        return self.damage(pool_select_ref(q, keys, v0, k, p, scale, 0 if pad_lengths is None else pad_lengths))
 
     def gather(self, x, selected, v0, p, misalign=0):
         return self.damage(pool_gather_ref(x, selected, v0, p))
@@ -64,6 +64,12 @@ def test_cases_cover_the_adversarial_inputs(cases):
     assert any(c.expected.shape[0] > 1 and not np.array_equal(c.expected[0], c.expected[1]) for c in selects)
     # GQA: more query heads than KV heads
     assert any(c.inputs["q"].shape[1] > c.inputs["keys"].shape[1] for c in selects)
+    # left-padded mixed batches: per-sample starts for every op, and padding that changes the winners
+    assert {c.op for c in cases if np.ndim(c.inputs["v0"]) == 1} == {"select", "gather", "scatter"}
+    padded = [c for c in selects if c.inputs.get("pad_lengths") is not None]
+    i = padded[0].inputs
+    unpadded = pool_select_ref(i["q"], i["keys"], i["v0"], i["k"], i["num_candidates"], i["scale"])
+    assert not np.array_equal(unpadded, padded[0].expected)
 
 
 def test_tie_cases_cut_through_exact_ties(cases):

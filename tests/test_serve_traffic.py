@@ -226,3 +226,15 @@ def test_stats_prometheus_text():
     assert _metric(text, 'reroute_request_latency_seconds{quantile="0.5"}') == pytest.approx(0.25)
     assert _metric(text, "reroute_request_latency_seconds_count") == 4
     assert _metric(text, "reroute_request_latency_seconds_sum") == pytest.approx(1.0)
+
+
+def test_stats_count_decode_steps_by_running_batch_size():
+    from engines.serving.stats import ServeStats
+
+    stats = ServeStats()
+    assert "reroute_decode_steps_total" not in stats.prometheus_text()  # MicroBatcher servers have none
+    for size in (1, 3, 3):
+        stats.record_decode_step(size)
+    text = stats.prometheus_text()
+    assert _metric(text, 'reroute_decode_steps_total{size="3"}') == 2
+    assert _metric(text, 'reroute_decode_steps_total{size="1"}') == 1

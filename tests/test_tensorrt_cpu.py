@@ -10,11 +10,13 @@ import pytest
 from onnx import helper
 
 from engines.artifact import open_artifact
+from engines.batching import left_pad
 from engines.errors import RerouteError
 from engines.inputs import encode
 from engines.ort_runner import OrtBackend
 from engines.plugin_graph import is_plugin_node, to_plugin_form, write_plugin_form
 from engines.plugin_reference import reference_session
+from engines.session_backend import prefill_feeds
 from engines.trt_build import default_profiles, parse_shapes
 from engines.trt_check import lint_model
 from exporter.cli import main
@@ -41,19 +43,23 @@ def test_plugin_form_matches_onnxruntime(artifacts, tiny, method):
     session = reference_session(model)
     backend = OrtBackend(art)
     names = [o.name for o in model.graph.output]
-    for i in range(2):
+    embeds, starts = [], []
+    for i, prefix in enumerate(["", "Here is a picture taken on a long walk. "]):  # lengths and spans differ
         prompt, image = sample(i)
-        x = encode(art.processor(), [prompt], [image], tiny.image_token_id, 576)
-        embeds = backend.embed(x.input_ids, backend.vision(x.pixel_values))
-        feeds = {"inputs_embeds": embeds, "visual_start": np.array([x.visual_start])}
-        feeds = {k: v for k, v in feeds.items() if k in {i.name for i in model.graph.input}}
-        got = dict(zip(names, session.run(None, feeds)))
-        want = backend.run("prefill", feeds)
-        for name in names:
-            if name.startswith("routing."):
-                assert np.array_equal(got[name], want[name]), name
-            else:
-                assert np.abs(got[name] - want[name]).max() <= 1e-5, name
+        x = encode(art.processor(), [prompt.replace("USER: ", "USER: " + prefix)], [image], tiny.image_token_id, 576)
+        embeds.append(backend.embed(x.input_ids, backend.vision(x.pixel_values)))
+        starts.append(x.visual_start)
+    batch = left_pad(embeds, starts)  # one left-padded batch: per-sample starts and padding in every plugin
+    assert batch.pad.max() > 0
+    feeds = prefill_feeds(batch.embeds, batch.visual_start, batch.positions, batch.attention_mask)
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in model.graph.input}}
+    got = dict(zip(names, session.run(None, feeds)))
+    want = backend.run("prefill", feeds)
+    for name in names:
+        if name.startswith("routing."):
+            assert np.array_equal(got[name], want[name]), name
+        else:
+            assert np.abs(got[name] - want[name]).max() <= 1e-5, name
     backend.close()
 
 
@@ -104,8 +110,15 @@ def test_check_names_unsorted_topk(artifacts):
 
 
 def test_check_flags_undeclared_shape_input_and_mixed_precision(artifacts):
-    model = _prefill(artifacts)
-    assert any("visual_start" in p.reason for p in lint_model(model, "prefill", []))
+    # per-sample starts: visual_start is an ordinary tensor now (a GatherElements index), no shape input
+    assert not any("visual_start" in p.reason for p in lint_model(_prefill(artifacts), "prefill", []))
+    shaped = helper.make_model(helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [6]),
+         helper.make_tensor_value_info("s", onnx.TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])]), opset_imports=[helper.make_opsetid("", 18)])
+    assert any(p.node == "reshape" and "input 's' feeds a shape computation" in p.reason
+               for p in lint_model(shaped, "toy", []))
     mixed = helper.make_model(helper.make_graph(
         [helper.make_node("Add", ["a", "b"], ["c"], name="mix")], "g",
         [helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT16, [2]),
@@ -149,8 +162,10 @@ def test_default_profiles_follow_the_manifest(artifacts):
     art = open_artifact(artifacts["reroute"])
     prefill = default_profiles(art, "prefill")
     assert prefill["inputs_embeds"] == ((1, 577, 64), (1, 640, 64), (4, 2048, 64))
-    assert prefill["visual_start"] == ((0,), (32,), (2048 - 577,))
+    assert prefill["visual_start"] == ((1,), (1,), (4,))  # one start per sample
+    assert prefill["attention_mask"] == prefill["position_ids"] == ((1, 577), (1, 640), (4, 2048))
     decode = default_profiles(art, "decode")
+    assert decode["pad_lengths"] == ((1,), (1,), (4,))
     assert decode["past_key_values.2.key"] == ((1, 4, 180, 16), (1, 4, 64 + 179, 16), (4, 4, 2048 - 576 + 179 - 1, 16))
     assert "visual_start" not in default_profiles(open_artifact(artifacts["none"]), "prefill")
     assert parse_shapes("a:1x2,b.c:3") == {"a": (1, 2), "b.c": (3,)}

@@ -43,9 +43,10 @@ class Case:
 # PoolSelect
 # ---------------------------------------------------------------------------------------------
 
-def _select_case(name, q, keys, v0, k, p, scale) -> Case:
-    inputs = dict(q=q, keys=keys, v0=v0, k=k, num_candidates=p, scale=scale)
-    return Case(name, "select", inputs, pool_select_ref(q, keys, v0, k, p, scale))
+def _select_case(name, q, keys, v0, k, p, scale, pad_lengths=None) -> Case:
+    inputs = dict(q=q, keys=keys, v0=v0, k=k, num_candidates=p, scale=scale, pad_lengths=pad_lengths)
+    pad = 0 if pad_lengths is None else pad_lengths
+    return Case(name, "select", inputs, pool_select_ref(q, keys, v0, k, p, scale, pad))
 
 
 def boundary_gap(q, keys, v0, k, p, scale) -> float:
@@ -124,7 +125,24 @@ def select_cases() -> list[Case]:
             constant_select(f"select-all-equal-{t}", 2, 2, 64, 8, 50, 7, 10, dtype),
             underflow_select(f"select-zero-ties-{t}", 7, 2, 2, 90, 8, 64, 10, 20, dtype),
         ]
-    return cases
+    return cases + [padded_select(f"select-left-padded-{np.dtype(t).name}", 8, t) for t in (np.float32, np.float16)]
+
+
+def padded_select(name, seed, dtype) -> Case:
+    """A left-padded mixed batch: per-sample span starts and padding; the padding keys are huge, so
+    letting them into the softmax would flatten every candidate's probability and change the winners."""
+    b, h, kvh, n, hd, p, k = 3, 4, 2, 120, 32, 64, 16
+    starts, pad = np.array([4, 30, 17], np.int64), np.array([0, 25, 9], np.int64)
+    for attempt in range(100):
+        rng = np.random.default_rng(seed + attempt)
+        q = rng.standard_normal((b, h, hd)).astype(dtype)
+        keys = rng.standard_normal((b, kvh, n, hd)).astype(dtype)
+        for i, count in enumerate(pad):
+            keys[i, :, :count] = 8.0 * np.sign(q[i, :kvh, None, :])  # aligned with q: dominant logits
+        scores = np.sort(pool_scores_ref(q, keys, starts, p, hd**-0.5, pad), axis=1)[:, ::-1]
+        if np.min((scores[:, k - 1] - scores[:, k]) / scores[:, k - 1]) >= MIN_RELATIVE_GAP:
+            return _select_case(name, q, keys, starts, k, p, hd**-0.5, pad)
+    raise RuntimeError(f"{name}: no seed from {seed} gave a clear top-k boundary")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,7 +186,20 @@ def copy_cases() -> list[Case]:
     sel = random_selection(rng, 2, ANYRES_VISUAL, 720)
     cases.append(Case("gather-anyres-fp16", "gather", dict(x=x, selected=sel, v0=10, num_candidates=ANYRES_VISUAL),
                       pool_gather_ref(x, sel, 10, ANYRES_VISUAL)))
-    return cases + _pointer_variants(rng)
+    return cases + _per_sample_starts(rng) + _pointer_variants(rng)
+
+
+def _per_sample_starts(rng) -> list[Case]:
+    """A left-padded batch: each sample's span at its own start ([B] visual_start)."""
+    x = _bits(rng, (3, 40, 8), np.float32)
+    sel, starts = random_selection(rng, 3, 24, 6), np.array([0, 9, 16], np.int64)
+    gathered = pool_gather_ref(x, sel, starts, 24)
+    compact = _bits(rng, gathered.shape, np.float32)
+    return [Case("gather-per-sample-starts", "gather", dict(x=x, selected=sel, v0=starts, num_candidates=24),
+                 gathered),
+            Case("scatter-per-sample-starts", "scatter",
+                 dict(x=x, compact=compact, selected=sel, v0=starts, num_candidates=24),
+                 pool_scatter_ref(x, compact, sel, starts, 24))]
 
 
 def _pointer_variants(rng) -> list[Case]:
@@ -265,7 +296,8 @@ def run_case(harness, case: Case) -> dict:
     inp = case.inputs
     try:
         if case.op == "select":
-            actual = harness.select(inp["q"], inp["keys"], inp["v0"], inp["k"], inp["num_candidates"], inp["scale"])
+            actual = harness.select(inp["q"], inp["keys"], inp["v0"], inp["k"], inp["num_candidates"], inp["scale"],
+                                    inp.get("pad_lengths"))
         elif case.op == "gather":
             actual = harness.gather(inp["x"], inp["selected"], inp["v0"], inp["num_candidates"], **case.options)
         else:

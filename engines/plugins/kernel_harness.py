@@ -61,9 +61,9 @@ class KernelHarness:
         self.lib.rr_device_count.restype = _i32
         self.lib.rr_error_string.restype = ctypes.c_char_p
         self.lib.rr_error_string.argtypes = [_i32]
-        self.lib.rr_pool_select.argtypes = [_i32, _ptr, _ptr, _i64, _ptr] + [_i32] * 7 + [ctypes.c_float]
-        self.lib.rr_pool_gather.argtypes = [_ptr, _ptr, _i64, _ptr] + [_i64] * 5 + [_i32]
-        self.lib.rr_pool_scatter.argtypes = [_ptr, _ptr, _ptr, _i64, _ptr] + [_i64] * 5 + [_i32, _i32]
+        self.lib.rr_pool_select.argtypes = [_i32, _ptr, _ptr, _ptr, _ptr, _i32, _ptr] + [_i32] * 7 + [ctypes.c_float]
+        self.lib.rr_pool_gather.argtypes = [_ptr, _ptr, _ptr, _i64, _ptr] + [_i64] * 5 + [_i32]
+        self.lib.rr_pool_scatter.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _ptr] + [_i64] * 5 + [_i32, _i32]
 
     def device_count(self) -> int:
         """Visible GPUs; raises HarnessError when the CUDA runtime cannot start (no driver)."""
@@ -79,40 +79,55 @@ class KernelHarness:
         if code != 0:
             raise HarnessError(f"{what}: {self._message(code)}")
 
-    def select(self, q: np.ndarray, keys: np.ndarray, v0: int, k: int, num_candidates: int, scale: float):
-        """PoolSelect: q [B, H, hd], keys [B, KVH, n, hd] (both fp32 or both fp16) -> [B, k] int64."""
+    def select(self, q: np.ndarray, keys: np.ndarray, v0, k: int, num_candidates: int, scale: float,
+               pad_lengths=None):
+        """PoolSelect: q [B, H, hd], keys [B, KVH, n, hd] (both fp32 or both fp16) -> [B, k] int64.
+        v0: an int (one start for the batch) or [B] starts; pad_lengths: None or [B] left-padding counts."""
         if q.dtype != keys.dtype or q.dtype not in (np.float32, np.float16):
             raise ValueError(f"q/keys must both be float32 or float16, got {q.dtype}/{keys.dtype}")
         q, keys = np.ascontiguousarray(q), np.ascontiguousarray(keys)
         b, h, hd = q.shape
         kvh, n = keys.shape[1], keys.shape[2]
         out = np.empty((b, k), dtype=np.int64)
-        code = self.lib.rr_pool_select(int(q.dtype == np.float16), _arr(q), _arr(keys), v0, _arr(out), b, h, kvh,
+        starts = _starts(v0)
+        pad = None if pad_lengths is None else np.ascontiguousarray(np.broadcast_to(
+            np.asarray(pad_lengths, dtype=np.int64).reshape(-1), starts.shape))
+        code = self.lib.rr_pool_select(int(q.dtype == np.float16), _arr(q), _arr(keys), _arr(starts),
+                                       None if pad is None else _arr(pad), starts.size, _arr(out), b, h, kvh,
                                        n, hd, num_candidates, k, scale)
         self._check(code, "rr_pool_select")
         return out
 
-    def gather(self, x: np.ndarray, selected: np.ndarray, v0: int, num_candidates: int, misalign: int = 0):
+    def gather(self, x: np.ndarray, selected: np.ndarray, v0, num_candidates: int, misalign: int = 0):
         """PoolGather: x [B, n, C] (any dtype; rows copied as bytes) -> [B, n - P + k, C]."""
         x, selected = np.ascontiguousarray(x), np.ascontiguousarray(selected, dtype=np.int64)
         b, n = x.shape[:2]
         k = selected.shape[1]
         out = np.empty((b, n - num_candidates + k) + x.shape[2:], dtype=x.dtype)
-        code = self.lib.rr_pool_gather(_arr(x), _arr(selected), v0, _arr(out), b, n, _row_bytes(x),
+        starts = _starts(v0)
+        code = self.lib.rr_pool_gather(_arr(x), _arr(selected), _arr(starts), starts.size, _arr(out), b, n,
+                                       _row_bytes(x),
                                        num_candidates, k, misalign)
         self._check(code, "rr_pool_gather")
         return out
 
-    def scatter(self, x, compact, selected, v0: int, num_candidates: int, misalign: int = 0, in_place=False):
+    def scatter(self, x, compact, selected, v0, num_candidates: int, misalign: int = 0, in_place=False):
         """PoolScatter: x [B, n, C], compact [B, n - P + k, C] -> [B, n, C]."""
         x, compact = np.ascontiguousarray(x), np.ascontiguousarray(compact, dtype=x.dtype)
         selected = np.ascontiguousarray(selected, dtype=np.int64)
         b, n = x.shape[:2]
         out = np.empty_like(x)
-        code = self.lib.rr_pool_scatter(_arr(x), _arr(compact), _arr(selected), v0, _arr(out), b, n, _row_bytes(x),
-                                        num_candidates, selected.shape[1], misalign, int(in_place))
+        starts = _starts(v0)
+        code = self.lib.rr_pool_scatter(_arr(x), _arr(compact), _arr(selected), _arr(starts), starts.size, _arr(out),
+                                        b, n, _row_bytes(x), num_candidates, selected.shape[1], misalign,
+                                        int(in_place))
         self._check(code, "rr_pool_scatter")
         return out
+
+
+def _starts(v0) -> np.ndarray:
+    """An int (one start for the batch) or [B] per-sample starts, as a contiguous int64 array."""
+    return np.ascontiguousarray(np.asarray(v0, dtype=np.int64).reshape(-1))
 
 
 def _row_bytes(x: np.ndarray) -> int:

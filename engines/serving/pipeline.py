@@ -4,13 +4,17 @@ Batching. PyTriton can only fail a whole Triton batch at once, so Triton's
 own dynamic batcher would let one malformed request fail its neighbours.
 Instead Triton runs ``max_batch`` model instances, each handling one request:
 it validates and preprocesses the request on its own thread (errors go back
-to that client only), then hands it to one generation worker. The worker takes
-every waiting request with the same prompt length and image position (the
-graphs need one ``visual_start`` and equal lengths), up to the artifact's
-``capacity.max_batch``, and runs them as one batch; ``max_new_tokens`` may
-differ (the batch runs to the largest and each answer is cut to its own).
-Batched and single runs give the same tokens on the tiny model (tests check
-it); ``--max-batch 1`` turns batching off.
+to that client only), then hands it to one generation worker.
+
+Fixed-resolution artifacts (LLaVA) batch continuously (engines/serving/continuous.py):
+requests of any prompt length and image position join the running decode batch
+between steps, up to the artifact's ``capacity.max_batch``, and leave when done.
+Dynamic-resolution ones (Qwen2.5-VL, no padded graphs yet) use
+:class:`MicroBatcher`: it takes every waiting request with the same prompt
+length, image position and N_v and runs them as one batch; ``max_new_tokens``
+may differ (the batch runs to the largest and each answer is cut to its own).
+Either way each answer equals the request's solo run (tests check it);
+``--max-batch 1`` turns batching off.
 
 Deadlines. A job carries its deadline (``--timeout``): the worker drops a
 job whose deadline passed while it waited, and the handler stops waiting for
@@ -32,6 +36,7 @@ from ..backends import open_backend
 from ..errors import RerouteError
 from ..inputs import IMAGE_PLACEHOLDER, ImageError, PromptInputs, decode_image, stack_inputs, visual_span_start
 from .stats import ServeStats
+from .worker import DeadlineExceeded, GenerationWorker
 
 MAX_NEW_TOKENS_LIMIT = 4096  # the same limit as exporter.generation.check_max_new_tokens
 SERVE_BACKENDS = ("onnxruntime", "tensorrt")
@@ -39,10 +44,6 @@ SERVE_BACKENDS = ("onnxruntime", "tensorrt")
 
 class BadRequest(ValueError):
     """A request the server refuses; the message goes back to that client."""
-
-
-class DeadlineExceeded(Exception):
-    """A job whose deadline passed before the worker reached it."""
 
 
 class RequestRefused(Exception):
@@ -180,11 +181,20 @@ class Pipeline:
             input_ids = np.concatenate([j.input_ids for j in jobs])
             pixels = np.concatenate([j.pixel_values for j in jobs])
             gen = greedy_generate(self.backend, input_ids, pixels, jobs[0].visual_start, steps, self.eos_token_id)
-        out = []
-        for job, tokens in zip(jobs, gen.generated):
-            tokens = [int(t) for t in tokens[: job.max_new_tokens]]
-            out.append((tokens, self.processor.tokenizer.decode(tokens, skip_special_tokens=True)))
-        return out
+        return [self.answer(job, tokens) for job, tokens in zip(jobs, gen.generated)]
+
+    def answer(self, job: Job, tokens) -> tuple[list[int], str]:
+        """(token ids, text) of a finished job, cut to its own max_new_tokens."""
+        tokens = [int(t) for t in tokens[: job.max_new_tokens]]
+        return tokens, self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def make_batcher(self, stats: ServeStats | None = None):
+        """The generation worker: continuous batching where the graphs take padded batches, else MicroBatcher."""
+        if self.hf_config is None:
+            from .continuous import ContinuousBatcher
+
+            return ContinuousBatcher(self.backend, self.eos_token_id, self.max_batch, self.answer, stats)
+        return MicroBatcher(self.run, self.max_batch, stats)
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
@@ -192,35 +202,17 @@ class Pipeline:
             close()
 
 
-class MicroBatcher:
-    """One worker thread runs jobs; waiting jobs with the same key go together, up to max_batch."""
+class MicroBatcher(GenerationWorker):
+    """Waiting jobs with the same key go together, up to max_batch, and run to the end as one batch."""
 
     def __init__(self, run, max_batch: int, stats: ServeStats | None = None):
         self._run, self._max_batch = run, max_batch
-        self.stats = stats or ServeStats()
-        self._pending: list[Job] = []
-        self._cv = threading.Condition()
-        self._closed = False
-        self.batches: list[int] = []  # sizes of the batches run (for tests and logs)
-        self._thread = threading.Thread(target=self._loop, name="reroute-generate", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: Job) -> Future:
-        with self._cv:
-            if self._closed:
-                raise RuntimeError("the server is shutting down")
-            self._pending.append(job)
-            self.stats.set_queue_length(len(self._pending))
-            self._cv.notify()
-        return job.future
+        super().__init__(stats)
 
     def _take_group(self) -> list[Job]:
         """Drop the expired jobs, then take the oldest job and up to max_batch - 1 more with its key
         (caller holds the lock)."""
-        now = time.monotonic()
-        for job in [j for j in self._pending if j.expired(now)]:
-            job.future.set_exception(DeadlineExceeded("the deadline passed while the request waited"))
-        self._pending = [j for j in self._pending if not j.expired(now)]
+        self._drop_expired()
         if not self._pending:
             return []
         key = self._pending[0].key
@@ -249,16 +241,6 @@ class MicroBatcher:
             else:
                 for job, result in zip(group, results):
                     job.future.set_result(result)
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            for job in self._pending:
-                job.future.set_exception(RuntimeError("the server is shutting down"))
-            self._pending = []
-            self.stats.set_queue_length(0)
-            self._cv.notify_all()
-        self._thread.join(timeout=30)
 
 
 # -- the Triton side ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ class ServeStats:
         self._lock = threading.Lock()
         self.outcomes: Counter = Counter()
         self.batch_sizes: Counter = Counter()
+        self.decode_sizes: Counter = Counter()  # continuous batching: running-batch size at each decode step
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)
         self.queue_length = 0
 
@@ -38,6 +39,10 @@ class ServeStats:
     def record_batch(self, size: int) -> None:
         with self._lock:
             self.batch_sizes[size] += 1
+
+    def record_decode_step(self, size: int) -> None:
+        with self._lock:
+            self.decode_sizes[size] += 1
 
     def set_queue_length(self, length: int) -> None:
         with self._lock:
@@ -54,15 +59,20 @@ class ServeStats:
         quantiles = self.latency_quantiles()
         with self._lock:
             outcomes, batches, queue = dict(self.outcomes), dict(self.batch_sizes), self.queue_length
+            steps = dict(self.decode_sizes)
             count, total = len(self.latencies), float(sum(self.latencies))
         lines = ["# HELP reroute_requests_total requests answered, by outcome",
                  "# TYPE reroute_requests_total counter"]
         lines += [f'reroute_requests_total{{outcome="{o}"}} {outcomes.get(o, 0)}' for o in OUTCOMES]
         lines += ["# HELP reroute_queue_length requests waiting for the generation worker",
                   "# TYPE reroute_queue_length gauge", f"reroute_queue_length {queue}",
-                  "# HELP reroute_batches_total generation batches run, by batch size",
+                  "# HELP reroute_batches_total generation batches started (prefilled together), by batch size",
                   "# TYPE reroute_batches_total counter"]
         lines += [f'reroute_batches_total{{size="{s}"}} {n}' for s, n in sorted(batches.items())]
+        if steps:  # continuous batching: how full the running batch was
+            lines += ["# HELP reroute_decode_steps_total decode steps run, by running-batch size",
+                      "# TYPE reroute_decode_steps_total counter"]
+            lines += [f'reroute_decode_steps_total{{size="{s}"}} {n}' for s, n in sorted(steps.items())]
         lines += ["# HELP reroute_request_latency_seconds end-to-end latency of answered requests "
                   f"(quantiles over the latest {LATENCY_WINDOW})",
                   "# TYPE reroute_request_latency_seconds summary"]

@@ -131,9 +131,10 @@ class TritonPythonModel:
     # -- generation ------------------------------------------------------------------------------------
 
     def _call(self, graph, feeds, outputs):
-        """One BLS call to the graph's model; feeds cast to the graph's input dtypes."""
+        """One BLS call to the graph's model; feeds cast to the graph's input dtypes, and only the graph's
+        own inputs sent (an unrouted prefill has no visual_start, a dynamic-resolution decode no pad_lengths)."""
         tensors = [pb_utils.Tensor(name, np.ascontiguousarray(value, dtype=self.dtypes[graph][name]))
-                   for name, value in feeds.items()]
+                   for name, value in feeds.items() if name in self.dtypes[graph]]
         kwargs = {"preferred_memory": self.preferred} if self.preferred is not None else {}
         response = pb_utils.InferenceRequest(model_name=self.models[graph], requested_output_names=outputs,
                                              inputs=tensors, **kwargs).exec()
@@ -165,10 +166,13 @@ class TritonPythonModel:
         features = self._call("vision", {"pixel_values": pixels}, ["image_features"])["image_features"]
         embeds = self._call("embed", {"input_ids": ids, "image_features": features}, ["inputs_embeds"])
         routing = [f"routing.{s}.indices" for s in range(self.num_stages)]
-        out = self._call("prefill", {"inputs_embeds": embeds["inputs_embeds"],
-                                     "visual_start": np.array([visual_start], dtype=np.int64)},
-                         ["logits", *self.kv_out, *routing])
+        # one request, no padding: positions 0..T-1 and an all-ones mask (format 2 graphs take both)
         prompt_len = ids.shape[1]
+        out = self._call("prefill", {"inputs_embeds": embeds["inputs_embeds"],
+                                     "visual_start": np.array([visual_start], dtype=np.int64),
+                                     "position_ids": np.arange(prompt_len, dtype=np.int64)[None],
+                                     "attention_mask": np.ones((1, prompt_len), dtype=np.int64)},
+                         ["logits", *self.kv_out, *routing])
         return self._greedy(out, features, max_new,
                             lambda step: np.array([[prompt_len + step - 1]], dtype=np.int64))
 
@@ -184,7 +188,10 @@ class TritonPythonModel:
                 break
             embed = self._call("embed", {"input_ids": np.array([[token]], dtype=np.int64),
                                          "image_features": no_image}, ["inputs_embeds"])["inputs_embeds"]
-            feeds = {"inputs_embeds": embed, "position_ids": decode_position(step)}
+            # pad_lengths: format-2 LLaVA decode graphs take it (one request: no padding); _call drops it for
+            # graphs without that input
+            feeds = {"inputs_embeds": embed, "position_ids": decode_position(step),
+                     "pad_lengths": np.zeros(1, dtype=np.int64)}
             feeds.update(zip(self.kv_in, cache))
             out = self._call("decode", feeds, ["logits", *self.kv_out])
             cache = [out[name] for name in self.kv_out]

@@ -15,7 +15,7 @@ have Triton's dynamic batcher, whose queue policy bounds the queue
 (``--max-queue``: beyond it Triton answers "Exceeds maximum queue size" at
 once, which ``reroute client`` reports as "server busy") and drops requests
 that waited past ``--timeout``. Generation batches are formed by
-:mod:`engines.serving.pipeline`, not by Triton.
+:mod:`engines.serving.pipeline` (continuous batching, engines/serving/continuous.py), not by Triton.
 
 Readiness: Triton's ``/v2/health/ready`` says only that tritonserver is up
 (PyTriton loads the model after that); probe ``/v2/models/<name>/ready``.
@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import RerouteError
-from .pipeline import InferHandler, MicroBatcher, Pipeline
+from .pipeline import InferHandler, Pipeline
 from .protocol import INSTALL_HINT, MODEL_NAME
 from .stats import ServeStats, start_stats_server
 
@@ -282,7 +282,7 @@ def serve(artifact_dir: str | os.PathLike, options: ServeOptions | None = None, 
 
     pipeline = Pipeline(artifact_dir, backend, options.max_batch, options.threads, options.plugins)
     stats = ServeStats()
-    batcher = MicroBatcher(pipeline.run, pipeline.max_batch, stats)
+    batcher = pipeline.make_batcher(stats)
     stop = stop or threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():

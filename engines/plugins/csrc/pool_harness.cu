@@ -79,27 +79,35 @@ char const* rr_error_string(int code)
 }
 
 //! selected [batch, k] int64 (host) <- PoolSelect(q [batch, heads, headDim], keys
-//! [batch, kvHeads, seqLen, headDim]); `fp16` selects __half inputs (else fp32).
-int rr_pool_select(int fp16, void const* q, void const* keys, int64_t v0, int64_t* selected, int batch, int heads,
-    int kvHeads, int seqLen, int headDim, int numCandidates, int k, float scale)
+//! [batch, kvHeads, seqLen, headDim]); `fp16` selects __half inputs (else fp32). `v0`: nStarts span starts
+//! (1: one for the batch, or batch: per sample); `pad`: null, or nStarts left-padding counts.
+int rr_pool_select(int fp16, void const* q, void const* keys, int64_t const* v0, int64_t const* pad, int nStarts,
+    int64_t* selected, int batch, int heads, int kvHeads, int seqLen, int headDim, int numCandidates, int k,
+    float scale)
 {
-    reroute::SelectParams const p{batch, heads, kvHeads, seqLen, headDim, numCandidates, k, scale};
+    reroute::SelectParams const p{batch, heads, kvHeads, seqLen, headDim, numCandidates, k, scale, nStarts == 1 ? 0 : 1};
+    size_t const startBytes = size_t(nStarts) * sizeof(int64_t);
     size_t const elem = fp16 ? 2 : 4;
     size_t const qBytes = size_t(batch) * heads * headDim * elem;
     size_t const keyBytes = size_t(batch) * kvHeads * seqLen * headDim * elem;
     size_t const selBytes = size_t(batch) * k * sizeof(int64_t);
-    DeviceBuffer dq(qBytes), dk(keyBytes), dv0(sizeof(int64_t)), dsel(selBytes),
+    DeviceBuffer dq(qBytes), dk(keyBytes), dv0(startBytes), dpad(startBytes), dsel(selBytes),
         dws(reroute::poolSelectWorkspaceBytes(batch, heads, numCandidates));
-    for (DeviceBuffer const* b : {&dq, &dk, &dv0, &dsel, &dws})
+    for (DeviceBuffer const* b : {&dq, &dk, &dv0, &dpad, &dsel, &dws})
     {
         HARNESS_CHECK(b->err);
     }
     HARNESS_CHECK(cudaMemcpy(dq.base, q, qBytes, cudaMemcpyHostToDevice));
     HARNESS_CHECK(cudaMemcpy(dk.base, keys, keyBytes, cudaMemcpyHostToDevice));
-    HARNESS_CHECK(cudaMemcpy(dv0.base, &v0, sizeof(int64_t), cudaMemcpyHostToDevice));
+    HARNESS_CHECK(cudaMemcpy(dv0.base, v0, startBytes, cudaMemcpyHostToDevice));
+    if (pad != nullptr)
+    {
+        HARNESS_CHECK(cudaMemcpy(dpad.base, pad, startBytes, cudaMemcpyHostToDevice));
+    }
     auto const kind = fp16 ? reroute::FloatKind::kFloat16 : reroute::FloatKind::kFloat32;
     int const rc = finish(reroute::launchPoolSelect(kind, dq.base, dk.base, static_cast<int64_t const*>(dv0.base),
-        static_cast<int64_t*>(dsel.base), dws.base, p, nullptr));
+        pad == nullptr ? nullptr : static_cast<int64_t const*>(dpad.base), static_cast<int64_t*>(dsel.base),
+        dws.base, p, nullptr));
     if (rc != 0)
     {
         return rc;
@@ -108,21 +116,22 @@ int rr_pool_select(int fp16, void const* q, void const* keys, int64_t v0, int64_
 }
 
 //! out [batch, n - P + k, rowBytes] (host) <- PoolGather(x [batch, n, rowBytes]).
-int rr_pool_gather(void const* x, int64_t const* selected, int64_t v0, void* out, int64_t batch, int64_t seqLen,
-    int64_t rowBytes, int64_t numCandidates, int64_t k, int misalign)
+int rr_pool_gather(void const* x, int64_t const* selected, int64_t const* v0, int64_t nStarts, void* out,
+    int64_t batch, int64_t seqLen, int64_t rowBytes, int64_t numCandidates, int64_t k, int misalign)
 {
-    reroute::PoolShape const s{batch, seqLen, rowBytes, numCandidates, k};
+    reroute::PoolShape const s{batch, seqLen, rowBytes, numCandidates, k, nStarts == 1 ? 0 : 1};
+    size_t const startBytes = size_t(nStarts) * sizeof(int64_t);
     size_t const xBytes = size_t(batch * seqLen * rowBytes);
     size_t const outBytes = size_t(batch * (seqLen - numCandidates + k) * rowBytes);
     size_t const selBytes = size_t(batch * k) * sizeof(int64_t);
-    DeviceBuffer dx(xBytes + misalign), dout(outBytes + misalign), dsel(selBytes), dv0(sizeof(int64_t));
+    DeviceBuffer dx(xBytes + misalign), dout(outBytes + misalign), dsel(selBytes), dv0(startBytes);
     for (DeviceBuffer const* b : {&dx, &dout, &dsel, &dv0})
     {
         HARNESS_CHECK(b->err);
     }
     HARNESS_CHECK(cudaMemcpy(dx.at(misalign), x, xBytes, cudaMemcpyHostToDevice));
     HARNESS_CHECK(cudaMemcpy(dsel.base, selected, selBytes, cudaMemcpyHostToDevice));
-    HARNESS_CHECK(cudaMemcpy(dv0.base, &v0, sizeof(int64_t), cudaMemcpyHostToDevice));
+    HARNESS_CHECK(cudaMemcpy(dv0.base, v0, startBytes, cudaMemcpyHostToDevice));
     int const rc = finish(reroute::launchPoolGather(dx.at(misalign), static_cast<int64_t const*>(dsel.base),
         static_cast<int64_t const*>(dv0.base), dout.at(misalign), s, nullptr));
     if (rc != 0)
@@ -134,15 +143,17 @@ int rr_pool_gather(void const* x, int64_t const* selected, int64_t v0, void* out
 
 //! out [batch, n, rowBytes] (host) <- PoolScatter(x, compact [batch, n - P + k, rowBytes]).
 //! `inPlace` passes out == x (the launcher then skips its copy).
-int rr_pool_scatter(void const* x, void const* compact, int64_t const* selected, int64_t v0, void* out,
-    int64_t batch, int64_t seqLen, int64_t rowBytes, int64_t numCandidates, int64_t k, int misalign, int inPlace)
+int rr_pool_scatter(void const* x, void const* compact, int64_t const* selected, int64_t const* v0,
+    int64_t nStarts, void* out, int64_t batch, int64_t seqLen, int64_t rowBytes, int64_t numCandidates, int64_t k,
+    int misalign, int inPlace)
 {
-    reroute::PoolShape const s{batch, seqLen, rowBytes, numCandidates, k};
+    reroute::PoolShape const s{batch, seqLen, rowBytes, numCandidates, k, nStarts == 1 ? 0 : 1};
+    size_t const startBytes = size_t(nStarts) * sizeof(int64_t);
     size_t const xBytes = size_t(batch * seqLen * rowBytes);
     size_t const cBytes = size_t(batch * (seqLen - numCandidates + k) * rowBytes);
     size_t const selBytes = size_t(batch * k) * sizeof(int64_t);
     DeviceBuffer dx(xBytes + misalign), dc(cBytes + misalign), dout(xBytes + misalign), dsel(selBytes),
-        dv0(sizeof(int64_t));
+        dv0(startBytes);
     for (DeviceBuffer const* b : {&dx, &dc, &dout, &dsel, &dv0})
     {
         HARNESS_CHECK(b->err);
@@ -150,7 +161,7 @@ int rr_pool_scatter(void const* x, void const* compact, int64_t const* selected,
     HARNESS_CHECK(cudaMemcpy(dx.at(misalign), x, xBytes, cudaMemcpyHostToDevice));
     HARNESS_CHECK(cudaMemcpy(dc.at(misalign), compact, cBytes, cudaMemcpyHostToDevice));
     HARNESS_CHECK(cudaMemcpy(dsel.base, selected, selBytes, cudaMemcpyHostToDevice));
-    HARNESS_CHECK(cudaMemcpy(dv0.base, &v0, sizeof(int64_t), cudaMemcpyHostToDevice));
+    HARNESS_CHECK(cudaMemcpy(dv0.base, v0, startBytes, cudaMemcpyHostToDevice));
     char* const target = inPlace ? dx.at(misalign) : dout.at(misalign);
     int const rc = finish(reroute::launchPoolScatter(dx.at(misalign), dc.at(misalign),
         static_cast<int64_t const*>(dsel.base), static_cast<int64_t const*>(dv0.base), target, s, nullptr));

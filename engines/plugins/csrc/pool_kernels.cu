@@ -115,16 +115,17 @@ __device__ __forceinline__ float warpLogit(
 }
 
 //! Softmax normaliser of one head's logits over all n keys, reduced across the block.
+//! Keys [firstKey, n): the sample's left padding (keys before firstKey) never enters the softmax.
 template <typename T>
 __device__ MaxSum blockSoftmaxNorm(
-    float const* qShared, T const* __restrict__ keys, SelectParams const& p, MaxSum* warpStates)
+    float const* qShared, T const* __restrict__ keys, SelectParams const& p, int64_t firstKey, MaxSum* warpStates)
 {
     int32_t const lane = threadIdx.x % kWarpSize;
     int32_t const warp = threadIdx.x / kWarpSize;
     int32_t const nWarps = blockDim.x / kWarpSize;
 
     MaxSum state{-INFINITY, 0.f};
-    for (int32_t j = warp; j < p.seqLen; j += nWarps)
+    for (int64_t j = firstKey + warp; j < p.seqLen; j += nWarps)
     {
         float const logit = warpLogit(qShared, keys + int64_t(j) * p.headDim, p.headDim, p.scale, lane);
         state = combine(state, MaxSum{logit, 1.f});
@@ -148,7 +149,8 @@ __device__ MaxSum blockSoftmaxNorm(
 template <typename T>
 __global__ void __launch_bounds__(kHeadThreads, kHeadMinBlocksPerSm)
     poolSelectHeadProbsKernel(T const* __restrict__ qLast, T const* __restrict__ keys,
-        int64_t const* __restrict__ visualStart, float* __restrict__ probs, SelectParams p)
+        int64_t const* __restrict__ visualStart, int64_t const* __restrict__ padLengths, float* __restrict__ probs,
+        SelectParams p)
 {
     extern __shared__ float headShared[];
     float* qShared = headShared;                                           // [headDim]
@@ -165,14 +167,17 @@ __global__ void __launch_bounds__(kHeadThreads, kHeadMinBlocksPerSm)
     }
     __syncthreads();
 
+    int64_t const v0 = loadVisualStart(visualStart + int64_t(b) * p.startStride, p.seqLen, p.numCandidates);
+    // padding precedes the span: clamped into [0, v0] so the span's own keys always stay in
+    int64_t const padding = padLengths == nullptr ? 0 : padLengths[int64_t(b) * p.startStride];
+    int64_t const firstKey = padding < 0 ? 0 : (padding > v0 ? v0 : padding);
     T const* headKeys = keys + (int64_t(b) * p.kvHeads + group) * p.seqLen * p.headDim;
-    MaxSum const norm = blockSoftmaxNorm(qShared, headKeys, p, warpStates);
+    MaxSum const norm = blockSoftmaxNorm(qShared, headKeys, p, firstKey, warpStates);
 
     // Second pass over the candidate span only: recompute its logits and normalise.
     int32_t const lane = threadIdx.x % kWarpSize;
     int32_t const warp = threadIdx.x / kWarpSize;
     int32_t const nWarps = blockDim.x / kWarpSize;
-    int64_t const v0 = loadVisualStart(visualStart, p.seqLen, p.numCandidates);
     float* out = probs + (int64_t(b) * p.heads + h) * p.numCandidates;
     for (int32_t c = warp; c < p.numCandidates; c += nWarps)
     {
@@ -320,14 +325,14 @@ __global__ void poolSelectTopKKernel(
 template <typename W, bool kScatter>
 __global__ void poolCopyRowsKernel(W const* __restrict__ src, W* __restrict__ dst,
     int64_t const* __restrict__ selected, int64_t const* __restrict__ visualStart, int64_t batch, int64_t n,
-    int64_t words, int64_t P, int64_t k)
+    int64_t words, int64_t P, int64_t k, int64_t startStride)
 {
     int64_t const m = n - P + k;
-    int64_t const v0 = loadVisualStart(visualStart, n, P);
     for (int64_t row = blockIdx.y; row < batch * m; row += gridDim.y)
     {
         int64_t const b = row / m;
         int64_t const s = row - b * m;
+        int64_t const v0 = loadVisualStart(visualStart + b * startStride, n, P); // this sample's span
         int64_t const seqRow = b * n + compactSource(s, v0, P, k, selected + b * k);
         W const* in = src + (kScatter ? row : seqRow) * words;
         W* out = dst + (kScatter ? seqRow : row) * words;
@@ -368,7 +373,7 @@ cudaError_t launchCopyRows(void const* src, void* dst, int64_t const* selected, 
     dim3 const grid(static_cast<uint32_t>(blocksX < 1024 ? blocksX : 1024),
         static_cast<uint32_t>(rows < kMaxGridY ? rows : kMaxGridY));
     poolCopyRowsKernel<W, kScatter><<<grid, kCopyThreads, 0, stream>>>(static_cast<W const*>(src),
-        static_cast<W*>(dst), selected, visualStart, s.batch, s.seqLen, words, s.numCandidates, s.k);
+        static_cast<W*>(dst), selected, visualStart, s.batch, s.seqLen, words, s.numCandidates, s.k, s.startStride);
     return cudaGetLastError();
 }
 
@@ -389,7 +394,7 @@ cudaError_t dispatchCopyRows(void const* src, void* dst, int64_t const* selected
 bool validPoolShape(PoolShape const& s)
 {
     return s.batch >= 0 && s.rowBytes >= 0 && s.numCandidates >= 1 && s.k >= 0 && s.k <= s.numCandidates
-        && s.seqLen >= s.numCandidates;
+        && s.seqLen >= s.numCandidates && (s.startStride == 0 || s.startStride == 1);
 }
 
 bool validSelectParams(SelectParams const& p)
@@ -397,7 +402,7 @@ bool validSelectParams(SelectParams const& p)
     bool const sizes = p.batch >= 0 && p.batch <= kMaxGridY && p.heads >= 1 && p.kvHeads >= 1
         && p.heads % p.kvHeads == 0 && p.headDim >= 1 && p.headDim <= kMaxHeadDim;
     return sizes && p.numCandidates >= 1 && p.numCandidates <= kMaxCandidates && p.k >= 1
-        && p.k <= p.numCandidates && p.seqLen >= p.numCandidates;
+        && p.k <= p.numCandidates && p.seqLen >= p.numCandidates && (p.startStride == 0 || p.startStride == 1);
 }
 
 int32_t nextPow2(int32_t v)
@@ -424,6 +429,12 @@ size_t poolSelectWorkspaceBytes(int64_t batch, int64_t heads, int64_t numCandida
 cudaError_t launchPoolSelect(FloatKind kind, void const* qLast, void const* keys, int64_t const* visualStart,
     int64_t* selected, void* workspace, SelectParams const& params, cudaStream_t stream)
 {
+    return launchPoolSelect(kind, qLast, keys, visualStart, nullptr, selected, workspace, params, stream);
+}
+
+cudaError_t launchPoolSelect(FloatKind kind, void const* qLast, void const* keys, int64_t const* visualStart,
+    int64_t const* padLengths, int64_t* selected, void* workspace, SelectParams const& params, cudaStream_t stream)
+{
     if (!validSelectParams(params))
     {
         return cudaErrorInvalidValue;
@@ -439,12 +450,14 @@ cudaError_t launchPoolSelect(FloatKind kind, void const* qLast, void const* keys
     if (kind == FloatKind::kFloat16)
     {
         poolSelectHeadProbsKernel<__half><<<headGrid, kHeadThreads, headSmem, stream>>>(
-            static_cast<__half const*>(qLast), static_cast<__half const*>(keys), visualStart, probs, params);
+            static_cast<__half const*>(qLast), static_cast<__half const*>(keys), visualStart, padLengths, probs,
+            params);
     }
     else
     {
         poolSelectHeadProbsKernel<float><<<headGrid, kHeadThreads, headSmem, stream>>>(
-            static_cast<float const*>(qLast), static_cast<float const*>(keys), visualStart, probs, params);
+            static_cast<float const*>(qLast), static_cast<float const*>(keys), visualStart, padLengths, probs,
+            params);
     }
     cudaError_t const err = cudaGetLastError();
     if (err != cudaSuccess)

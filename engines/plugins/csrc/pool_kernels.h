@@ -34,6 +34,7 @@ struct SelectParams
     int32_t numCandidates; //!< P
     int32_t k;
     float scale;
+    int32_t startStride = 0; //!< visualStart / padLengths entries per sample: 0 (one for the batch) or 1 ([B])
 };
 
 //! PoolGather / PoolScatter sizes: x [batch, seqLen, C]; a row is C elements of rowBytes bytes.
@@ -44,6 +45,7 @@ struct PoolShape
     int64_t rowBytes;      //!< C * element size
     int64_t numCandidates; //!< P
     int64_t k;             //!< selected.shape[1]; the compact length is n - P + k
+    int64_t startStride = 0; //!< visualStart entries per sample: 0 (one for the batch) or 1 ([B])
 };
 
 //! Device scratch PoolSelect needs: the per-head candidate probabilities, fp32 [batch, heads, P].
@@ -55,8 +57,14 @@ size_t poolSelectWorkspaceBytes(int64_t batch, int64_t heads, int64_t numCandida
 cudaError_t launchPoolSelect(FloatKind kind, void const* qLast, void const* keys, int64_t const* visualStart,
     int64_t* selected, void* workspace, SelectParams const& params, cudaStream_t stream);
 
+//! Mixed (left-padded) batches: as above, with visualStart[b * startStride] the span start of sample b and
+//! the first padLengths[b * startStride] keys of sample b (its left padding) left out of the softmax.
+//! padLengths may be null (no padding).
+cudaError_t launchPoolSelect(FloatKind kind, void const* qLast, void const* keys, int64_t const* visualStart,
+    int64_t const* padLengths, int64_t* selected, void* workspace, SelectParams const& params, cudaStream_t stream);
+
 //! out [batch, n - P + k, C] <- rows of x: the text before the span, the selected candidates,
-//! then the text after the span.
+//! then the text after the span (sample b's span starts at visualStart[b * shape.startStride]).
 cudaError_t launchPoolGather(void const* x, int64_t const* selected, int64_t const* visualStart, void* out,
     PoolShape const& shape, cudaStream_t stream);
 

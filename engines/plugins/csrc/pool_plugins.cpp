@@ -284,7 +284,8 @@ PluginFieldCollection const* PoolPluginBase::getFieldsToSerialize() noexcept
 }
 
 // ---------------------------------------------------------------------------------------------
-// PoolSelect(q_last [B,H,hd], keys [B,KVH,n,hd], visual_start [1]) -> selected [B,k] int64
+// PoolSelect(q_last [B,H,hd], keys [B,KVH,n,hd], visual_start [B] or [1], pad_lengths [B])
+//     -> selected [B,k] int64
 // ---------------------------------------------------------------------------------------------
 
 IPluginV3* PoolSelectPlugin::clone() noexcept
@@ -306,12 +307,12 @@ char const* PoolSelectPlugin::getPluginName() const noexcept
 
 int32_t PoolSelectPlugin::expectedInputs() const noexcept
 {
-    return 3;
+    return 4;
 }
 
 int32_t PoolSelectPlugin::inputRank(int32_t index) const noexcept
 {
-    constexpr int32_t kRanks[] = {3, 4, 1};
+    constexpr int32_t kRanks[] = {3, 4, 1, 1};
     return kRanks[index];
 }
 
@@ -340,7 +341,7 @@ bool PoolSelectPlugin::checkDims(Dims const* inputs) const noexcept
 int32_t PoolSelectPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* /*inputTypes*/, int32_t nbInputs) const noexcept
 {
-    if (nbOutputs != 1 || nbInputs != 3)
+    if (nbOutputs != 1 || nbInputs != 4)
     {
         return -1;
     }
@@ -351,7 +352,7 @@ int32_t PoolSelectPlugin::getOutputDataTypes(
 int32_t PoolSelectPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* /*shapeInputs*/,
     int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept
 {
-    if (nbInputs != 3 || nbOutputs != 1 || inputs[0].nbDims != 3)
+    if (nbInputs != 4 || nbOutputs != 1 || inputs[0].nbDims != 3)
     {
         return -1;
     }
@@ -374,7 +375,8 @@ bool PoolSelectPlugin::supportsFormatCombination(
     case 0: return desc.type == DataType::kFLOAT || desc.type == DataType::kHALF; // q_last
     case 1: return desc.type == inOut[0].desc.type;                              // keys
     case 2:                                                                       // visual_start
-    case 3: return desc.type == DataType::kINT64;                                 // selected
+    case 3:                                                                       // pad_lengths
+    case 4: return desc.type == DataType::kINT64;                                 // selected
     default: return false;
     }
 }
@@ -405,14 +407,19 @@ int32_t PoolSelectPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
     params.numCandidates = mAttrs.numCandidates;
     params.k = mAttrs.k;
     params.scale = mAttrs.scale;
+    // one start for the batch ([1]) or one per sample ([B], a left-padded batch; pad_lengths is then [B] too)
+    params.startStride = inputDesc[2].dims.d[0] == 1 ? 0 : 1;
     FloatKind const kind = inputDesc[0].type == DataType::kHALF ? FloatKind::kFloat16 : FloatKind::kFloat32;
+    int64_t const* padLengths = inputDesc[3].dims.d[0] == inputDesc[2].dims.d[0]
+        ? static_cast<int64_t const*>(inputs[3])
+        : nullptr; // a [1] start with [B] padding cannot be: treat as unpadded rather than misread
     cudaError_t const err = launchPoolSelect(kind, inputs[0], inputs[1], static_cast<int64_t const*>(inputs[2]),
-        static_cast<int64_t*>(outputs[0]), workspace, params, stream);
+        padLengths, static_cast<int64_t*>(outputs[0]), workspace, params, stream);
     return cudaStatus(err, kPoolSelectName);
 }
 
 // ---------------------------------------------------------------------------------------------
-// PoolGather(x [B,n,C], selected [B,k], visual_start [1]) -> compact [B, n-P+k, C]
+// PoolGather(x [B,n,C], selected [B,k], visual_start [B] or [1]) -> compact [B, n-P+k, C]
 // ---------------------------------------------------------------------------------------------
 
 IPluginV3* PoolGatherPlugin::clone() noexcept
@@ -512,15 +519,16 @@ int32_t PoolGatherPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
     void const* const* inputs, void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept
 {
     Dims const& x = inputDesc[0].dims;
+    // visual_start: [1] (one start for the batch) or [B] (per sample)
     PoolShape const shape{x.d[0], x.d[1], x.d[2] * elementSize(inputDesc[0].type), mAttrs.numCandidates,
-        inputDesc[1].dims.d[1]};
+        inputDesc[1].dims.d[1], inputDesc[2].dims.d[0] == 1 ? 0 : 1};
     cudaError_t const err = launchPoolGather(inputs[0], static_cast<int64_t const*>(inputs[1]),
         static_cast<int64_t const*>(inputs[2]), outputs[0], shape, stream);
     return cudaStatus(err, kPoolGatherName);
 }
 
 // ---------------------------------------------------------------------------------------------
-// PoolScatter(x [B,n,C], compact [B,n-P+k,C], selected [B,k], visual_start [1]) -> out [B,n,C]
+// PoolScatter(x [B,n,C], compact [B,n-P+k,C], selected [B,k], visual_start [B] or [1]) -> out [B,n,C]
 // ---------------------------------------------------------------------------------------------
 
 IPluginV3* PoolScatterPlugin::clone() noexcept
@@ -621,8 +629,9 @@ int32_t PoolScatterPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTens
     void const* const* inputs, void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept
 {
     Dims const& x = inputDesc[0].dims;
+    // visual_start: [1] (one start for the batch) or [B] (per sample)
     PoolShape const shape{x.d[0], x.d[1], x.d[2] * elementSize(inputDesc[0].type), mAttrs.numCandidates,
-        inputDesc[2].dims.d[1]};
+        inputDesc[2].dims.d[1], inputDesc[3].dims.d[0] == 1 ? 0 : 1};
     cudaError_t const err = launchPoolScatter(inputs[0], inputs[1], static_cast<int64_t const*>(inputs[2]),
         static_cast<int64_t const*>(inputs[3]), outputs[0], shape, stream);
     return cudaStatus(err, kPoolScatterName);
