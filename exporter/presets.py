@@ -108,7 +108,7 @@ def preset_tokenizer(name: str):
     if spec.get("tokenizer") == "words":
         from .word_tokenizer import build_word_tokenizer
 
-        return build_word_tokenizer(spec["text"]["vocab_size"])
+        return build_word_tokenizer(build_tokenizer(spec["text"]["vocab_size"]), spec["text"]["vocab_size"])
     return build_tokenizer(spec["text"]["vocab_size"])
 
 

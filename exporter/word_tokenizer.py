@@ -16,8 +16,6 @@ they produce, so all words grow in step and no merge can cut a word in the middl
 
 from __future__ import annotations
 
-from .presets import build_tokenizer
-
 # Words of scripts/make_grounding_data.py's templates and answers and of the LLaVA-1.5 chat template
 # (the tests check that every word of generated items is one token).
 _PLAIN = ("USER:", "Please", "What")  # words that follow a newline or a special token: no leading space
@@ -45,11 +43,11 @@ def merges_for(tokens: list[str]) -> list[tuple[str, str]]:
     return sorted(seen, key=lambda pair: (seen[pair], pair))
 
 
-def build_word_tokenizer(vocab_size: int):
-    """The presets' tokenizer with the task's merges; their results take ids after ``<image>``/``<pad>``."""
+def build_word_tokenizer(base, vocab_size: int):
+    """``base`` (the presets' tokenizer, changed in place) with the task's merges; their results take ids
+    after ``<image>``/``<pad>``. The caller builds ``base``, so this module does not import the presets."""
     from tokenizers import models
 
-    base = build_tokenizer(vocab_size)
     core = base.backend_tokenizer
     vocab = {tok: i for tok, i in core.get_vocab().items() if not tok.startswith("<extra_")}
     merges = merges_for(word_tokens())
