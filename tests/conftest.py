@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share the two cores (README's `-n 2`): one thread each, and for the CLI and server
+    # processes the tests start. A second thread per worker only waits for a time slice.
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 from exporter.models import load_model
 from exporter.samples import synthetic_image
