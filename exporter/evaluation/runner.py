@@ -95,19 +95,21 @@ def model_configs(model: str, methods: list[str], ratios: list[float]) -> list[E
     return configs
 
 
-def artifact_configs(paths: list[str], backends: list[str]) -> list[EvalConfig]:
-    """Each artifact's own method and ratio, on each backend."""
+def artifact_configs(paths: list[str], backends: list[str], threads: int | None = None) -> list[EvalConfig]:
+    """Each artifact's own method and ratio, on each backend (``threads``: ONNX Runtime intra-op threads)."""
     from engines.artifact import open_artifact
-    from engines.backends import artifact_backend
+    from engines.backends import open_backend
 
     configs = []
     for path in paths:
         artifact = open_artifact(path)
         schedule = artifact.schedule
         for name in backends:
-            def open_artifact_backend(path=path, name=name):
-                processor, image_token_id, num_visual, backend, eos, art = artifact_backend(path, name)
-                return backend, processor, image_token_id, num_visual, eos, art
+            def open_artifact_backend(artifact=artifact, name=name):
+                model = artifact.manifest["model"]
+                backend = open_backend(name, artifact, threads=threads)
+                return (backend, artifact.processor(), model["image_token_id"], model["num_visual"],
+                        model["eos_token_id"], artifact)
 
             configs.append(EvalConfig(f"{schedule.method} r={schedule.ratio:.4f} {name} ({artifact.root.name})",
                                       name, schedule, artifact.decoder_config, artifact.dtype,
@@ -172,17 +174,26 @@ def run_config(config: EvalConfig, data: Dataset, batch_size: int, max_new_token
 
 
 def run_eval(configs: list[EvalConfig], data: Dataset, batch_size: int = 4, max_new_tokens: int = 32,
-             quiet: bool = False) -> list[ConfigResult]:
+             quiet: bool = False, finished: dict | None = None, on_result=None) -> list[ConfigResult]:
+    """Every config over ``data``, in order. ``finished``: label -> ConfigResult of configs an earlier run
+    with the same inputs completed (taken as they are, not run); ``on_result(result)`` after each config."""
     if not data.items:
         raise RerouteError(f"no usable items in {data.root} "
                            f"({len(data.malformed)} malformed lines, {len(data.missing_images)} missing images)")
     if batch_size < 1:
         raise RerouteError(f"--batch-size must be >= 1, got {batch_size}")
-    progress = ItemProgress(len(configs), len(data.items), quiet=quiet)
-    shared = SharedInputs.for_configs(configs)
+    finished = finished or {}
+    todo = [c for c in configs if c.label not in finished]
+    progress = ItemProgress(len(todo), len(data.items), quiet=quiet)
+    shared = SharedInputs.for_configs(todo)
     results = []
     for config in configs:
+        if config.label in finished:
+            results.append(finished[config.label])
+            continue
         progress.start(config.label)
         results.append(run_config(config, data, batch_size, max_new_tokens, progress, shared))
         progress.finish()
+        if on_result is not None:
+            on_result(results[-1])
     return results
