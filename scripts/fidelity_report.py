@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from fractions import Fraction
@@ -75,11 +76,11 @@ def export_configs(model: str, loaded, pairs, batch_size: int, root: Path) -> tu
     return paths, seconds
 
 
-def run_configs(args, loaded, data, max_new_tokens: int, key: str) -> tuple[list, dict]:
-    from exporter.evaluation.fidelity import ResultStore
+def run_backends(args, loaded, data, max_new_tokens: int, store, backends, resume: bool) -> tuple[list, dict]:
+    """Every config on ``backends`` (exporting the ONNX ones first); each result saved to ``store``."""
     from exporter.evaluation.runner import artifact_configs, model_configs, run_eval
 
-    methods, ratios, backends = args.method_list, args.ratio_values, args.backend_list
+    methods, ratios = args.method_list, args.ratio_values
     configs, timings = [], {"export_s": {}}
     if "torch" in backends:
         configs += model_configs(args.model, methods, ratios)
@@ -89,11 +90,37 @@ def run_configs(args, loaded, data, max_new_tokens: int, key: str) -> tuple[list
         paths, timings["export_s"] = export_configs(args.model, loaded, pairs, args.batch_size,
                                                     Path(args.artifacts) / weights_key.hexdigest()[:16])
         configs += artifact_configs(paths, ["onnxruntime"], threads=args.threads)
-    store = ResultStore(Path(args.artifacts) / "results", key)
-    finished = store.finished([c.label for c in configs]) if args.resume else {}
+    finished = store.finished([c.label for c in configs]) if resume else {}
     results = run_eval(configs, data, args.batch_size, max_new_tokens, finished=finished, on_result=store.save)
     timings["reused_from_earlier_run"] = sorted(finished)
     return results, timings
+
+
+def run_configs(args, loaded, data, max_new_tokens: int, key: str) -> tuple[list, dict]:
+    """All configs; with ``--jobs 2`` the ONNX Runtime half runs in a second process (its exports too) while
+    this one runs torch: two single-threaded processes, no thread waiting on another."""
+    from engines.errors import RerouteError
+    from exporter.evaluation.fidelity import ResultStore
+
+    store = ResultStore(Path(args.artifacts) / "results", key)
+    backends = args.backend_list
+    if args.results_only or args.jobs < 2 or not {"torch", "onnxruntime"} <= set(backends):
+        results, timings = run_backends(args, loaded, data, max_new_tokens, store, backends, args.resume)
+        if args.results_only:
+            store.save_extra("timings", timings)
+        return results, timings
+    worker = subprocess.Popen([sys.executable, __file__, *args.argv, "--backends", "onnxruntime", "--results-only"])
+    try:
+        results, timings = run_backends(args, loaded, data, max_new_tokens, store, ["torch"], args.resume)
+    finally:
+        code = worker.wait()
+    if code != 0:
+        raise RerouteError(f"the ONNX Runtime worker process failed (exit status {code}; its error is above)")
+    ort, _ = run_backends(args, loaded, data, max_new_tokens, store, ["onnxruntime"], resume=True)  # all saved
+    worker_timings = store.load_extra("timings")
+    timings["export_s"] = worker_timings["export_s"]
+    timings["reused_from_earlier_run"] += worker_timings["reused_from_earlier_run"]
+    return results + ort, timings
 
 
 def draw_maps(args, loaded, data, results, out_dir: Path) -> list[dict]:
@@ -161,7 +188,10 @@ def parse_args(argv):
                    help="re-render BENCHMARKS.md beside it with the accuracy section ('' to leave it alone)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the configs an interrupted run with identical inputs finished (the page says which)")
+    p.add_argument("--jobs", type=int, default=2, help="2: ONNX Runtime in a second process beside torch")
+    p.add_argument("--results-only", action="store_true", help=argparse.SUPPRESS)  # the --jobs 2 worker
     args = p.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     args.method_list, args.backend_list = args.methods.split(","), args.backends.split(",")
     args.ratio_values = ratio_list(args.ratios)
     return args
@@ -188,11 +218,14 @@ def main(argv=None) -> int:
     data_sha = sha256_file(Path(args.data) / DATA_FILE if Path(args.data).is_dir() else Path(args.data))
     key = run_key(args, weights, data_sha, max_new_tokens)
     results, timings = run_configs(args, loaded, data, max_new_tokens, key)
+    if args.results_only:
+        return 0
 
     out = Path(args.out)
-    command = "python scripts/fidelity_report.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python scripts/fidelity_report.py " + " ".join(args.argv)
     settings = {"model": args.model, "weights": weights, "data_sha256": data_sha, "limit": args.limit,
-                "batch_size": args.batch_size, "max_new_tokens": max_new_tokens, "answer_slack": None if args.max_new_tokens else ANSWER_SLACK,
+                "batch_size": args.batch_size, "max_new_tokens": max_new_tokens,
+                "answer_slack": None if args.max_new_tokens else ANSWER_SLACK,
                 "threads": args.threads, "num_layers": loaded.decoder_config.num_layers,
                 "num_visual": loaded.num_visual,
                 "command": command.strip(), **timings}

@@ -19,7 +19,8 @@ def _schedules(report: dict, settings: dict) -> str:
     bench = (report["decoder"]["num_layers"], report["num_visual"])
     fid = (settings.get("num_layers"), settings.get("num_visual"))
     if bench == fid:
-        return f"Both have {bench[0]} decoder layers and {bench[1]} visual tokens: each method x ratio is the same schedule."
+        return (f"Both have {bench[0]} decoder layers and {bench[1]} visual tokens: each method x ratio is the "
+                "same schedule.")
     return (f"The schedules DIFFER ({bench[0]} layers / {bench[1]} visual tokens here, {fid[0]} / {fid[1]} in the "
             "fidelity run): compare with care.")
 

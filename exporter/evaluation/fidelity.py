@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from pathlib import Path
 
@@ -39,6 +38,13 @@ class ResultStore:
                 raw["items"] = [ItemResult(**item) for item in raw["items"]]
                 out[label] = ConfigResult(**raw)
         return out
+
+    def save_extra(self, name: str, value) -> None:
+        text = json.dumps(value)
+        atomic_write(self.directory / f"{self.key}-{name}.extra.json", lambda tmp: Path(tmp).write_text(text))
+
+    def load_extra(self, name: str):
+        return json.loads((self.directory / f"{self.key}-{name}.extra.json").read_text())
 
     def save(self, result: ConfigResult) -> None:
         text = json.dumps(dataclasses.asdict(result))
@@ -117,7 +123,3 @@ def unrouted_accuracy(report: dict, backend: str = "torch") -> dict:
     if row is None:
         return {}
     return {k: row["accuracy"][k] for k in ("all", *KINDS) if k in row["accuracy"]}
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

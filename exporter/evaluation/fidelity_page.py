@@ -34,7 +34,8 @@ def setup_lines(report: dict, run: dict) -> list[str]:
         f"- methods {', '.join(run['methods'])}; ratios {', '.join(run['ratio_labels'])} (`none` once, unrouted); "
         f"backends: {', '.join(run['backends'])} (torch: the PyTorch reference in fp32; onnxruntime: an fp32 "
         f"artifact per configuration, exported by this run, CPU execution provider)",
-        f"- greedy decoding, at most {budget} new tokens ({why}), stopping when every sample of a batch emitted EOS; batches of up to "
+        f"- greedy decoding, at most {budget} new tokens ({why}), stopping when every sample of a batch "
+        f"emitted EOS; batches of up to "
         f"{s['batch_size']} items with equal prompt lengths; each picture's vision features computed once per "
         f"backend and reused by every configuration; {s['threads']} intra-op thread(s) for torch and ONNX Runtime",
         "- scoring: VQA by normalised exact match, grounding by IoU >= 0.5 between the first box in the answer "
@@ -75,7 +76,8 @@ def timing_rows(report: dict, settings: dict) -> list[list[str]]:
     rows = [["configuration", "seconds", "items/s"]]
     for c in report["configs"]:
         n = c["accuracy"]["all"]["n"]
-        reused = " (reused from an interrupted run)" if c["label"] in settings.get("reused_from_earlier_run", []) else ""
+        reused = settings.get("reused_from_earlier_run", [])
+        reused = " (reused from an interrupted run)" if c["label"] in reused else ""
         rows.append([c["label"] + reused, f"{c['seconds']:.1f}", f"{n / c['seconds']:.2f}" if c["seconds"] else "-"])
     for label, secs in settings.get("export_s", {}).items():
         rows.append([f"export {label} (fp32 ONNX)", f"{secs:.1f}", "-"])

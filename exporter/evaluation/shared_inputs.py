@@ -61,8 +61,8 @@ class SharedInputs:
         local: dict = {}
         missing = [it for it in items if (pkey, it.index) not in self.ids or (vkey, it.image) not in self.features]
         if missing:
-            enc = encode(processor, [prompts[it.index] for it in missing], [load_image(str(it.image)) for it in missing],
-                         image_token_id, num_visual)
+            images = [load_image(str(it.image)) for it in missing]
+            enc = encode(processor, [prompts[it.index] for it in missing], images, image_token_id, num_visual)
             for it, row in zip(missing, enc.input_ids):
                 self.ids[(pkey, it.index)] = row
             rows = {}  # image -> first row holding it (the two items of one picture share its features)
