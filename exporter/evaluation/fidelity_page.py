@@ -77,7 +77,7 @@ def timing_rows(report: dict, settings: dict) -> list[list[str]]:
     for c in report["configs"]:
         n = c["accuracy"]["all"]["n"]
         reused = settings.get("reused_from_earlier_run", [])
-        reused = " (reused from an interrupted run)" if c["label"] in reused else ""
+        reused = " (reused from an earlier run with identical inputs)" if c["label"] in reused else ""
         rows.append([c["label"] + reused, f"{c['seconds']:.1f}", f"{n / c['seconds']:.2f}" if c["seconds"] else "-"])
     for label, secs in settings.get("export_s", {}).items():
         rows.append([f"export {label} (fp32 ONNX)", f"{secs:.1f}", "-"])
