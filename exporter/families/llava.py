@@ -94,7 +94,7 @@ LLAVA = LlavaFamily(
     model_type="llava",
     text_model_types=("llama",),
     tiny_preset="llava-tiny",
-    presets=("llava-tiny", "llava-bench"),
+    presets=("llava-tiny", "llava-bench", "llava-grounding"),
     aliases={"llava": "llava-hf/llava-1.5-7b-hf"},
     alias_titles={"llava": "LLaVA-1.5-7B"},
 )
