@@ -76,51 +76,76 @@ def export_configs(model: str, loaded, pairs, batch_size: int, root: Path) -> tu
     return paths, seconds
 
 
-def run_backends(args, loaded, data, max_new_tokens: int, store, backends, resume: bool) -> tuple[list, dict]:
-    """Every config on ``backends`` (exporting the ONNX ones first); each result saved to ``store``."""
-    from exporter.evaluation.runner import artifact_configs, model_configs, run_eval
+# Seconds per 32 items on this machine under load, a + b x FLOPs ratio, from this script's own per-config
+# timings (llava-grounding, unrouted and ratio 1/9): used only to split configs between the two processes.
+COST_MODEL = {"torch": (3.0, 60.0), "onnxruntime": (4.5, 24.0)}
+
+
+def build_configs(args, loaded) -> tuple[list, dict]:
+    """Every config, methods x ratios on each backend; the ONNX ones' artifacts exported first (or reused)."""
+    from exporter.evaluation.runner import artifact_configs, model_configs
 
     methods, ratios = args.method_list, args.ratio_values
-    configs, timings = [], {"export_s": {}}
-    if "torch" in backends:
+    configs, export_s = [], {}
+    if "torch" in args.backend_list:
         configs += model_configs(args.model, methods, ratios)
-    if "onnxruntime" in backends:
+    if "onnxruntime" in args.backend_list:
         pairs = [(m, r) for m in methods for r in ([1.0] if m == "none" else ratios)]
         weights_key = hashlib.sha256(f"{json.dumps(args.weights, sort_keys=True)} {args.batch_size}".encode())
-        paths, timings["export_s"] = export_configs(args.model, loaded, pairs, args.batch_size,
-                                                    Path(args.artifacts) / weights_key.hexdigest()[:16])
+        paths, export_s = export_configs(args.model, loaded, pairs, args.batch_size,
+                                         Path(args.artifacts) / weights_key.hexdigest()[:16])
         configs += artifact_configs(paths, ["onnxruntime"], threads=args.threads)
-    finished = store.finished([c.label for c in configs]) if resume else {}
-    results = run_eval(configs, data, args.batch_size, max_new_tokens, finished=finished, on_result=store.save)
-    timings["reused_from_earlier_run"] = sorted(finished)
-    return results, timings
+    return configs, export_s
+
+
+def split_configs(configs, jobs: int) -> list[set[str]]:
+    """Config labels per process, longest first onto the least loaded process (by :data:`COST_MODEL`)."""
+    def cost(config) -> float:
+        a, b = COST_MODEL.get(config.backend_name, (1.0, 1.0))
+        return a + b * config.costs()["flops_ratio"]
+
+    loads, parts = [0.0] * jobs, [set() for _ in range(jobs)]
+    for config in sorted(configs, key=cost, reverse=True):
+        i = loads.index(min(loads))
+        parts[i].add(config.label)
+        loads[i] += cost(config)
+    return parts
 
 
 def run_configs(args, loaded, data, max_new_tokens: int, key: str) -> tuple[list, dict]:
-    """All configs; with ``--jobs 2`` the ONNX Runtime half runs in a second process (its exports too) while
-    this one runs torch: two single-threaded processes, no thread waiting on another."""
+    """All configs. With ``--jobs 2`` a second process of this script runs part of them (split by expected
+    time): two single-threaded processes, no thread waiting on another. Results meet in the store."""
     from engines.errors import RerouteError
     from exporter.evaluation.fidelity import ResultStore
+    from exporter.evaluation.runner import run_eval
 
     store = ResultStore(Path(args.artifacts) / "results", key)
-    backends = args.backend_list
-    if args.results_only or args.jobs < 2 or not {"torch", "onnxruntime"} <= set(backends):
-        results, timings = run_backends(args, loaded, data, max_new_tokens, store, backends, args.resume)
-        if args.results_only:
-            store.save_extra("timings", timings)
-        return results, timings
-    worker = subprocess.Popen([sys.executable, __file__, *args.argv, "--backends", "onnxruntime", "--results-only"])
+    configs, export_s = build_configs(args, loaded)
+    if args.results_only:  # the worker: the labels the parent left it
+        mine = set(store.load_extra("worker"))
+        run_eval([c for c in configs if c.label in mine], data, args.batch_size, max_new_tokens,
+                 on_result=store.save)
+        return [], {}
+    finished = store.finished([c.label for c in configs]) if args.resume else {}
+    todo = [c for c in configs if c.label not in finished]
+    worker = None
+    if args.jobs > 1 and len(todo) > 1:
+        own, theirs = split_configs(todo, 2)
+        store.save_extra("worker", sorted(theirs))
+        worker = subprocess.Popen([sys.executable, __file__, *args.argv, "--results-only"])
+        mine = [c for c in configs if c.label in own or c.label in finished]
+    else:
+        mine = configs
     try:
-        results, timings = run_backends(args, loaded, data, max_new_tokens, store, ["torch"], args.resume)
+        results = run_eval(mine, data, args.batch_size, max_new_tokens, finished=finished, on_result=store.save)
     finally:
-        code = worker.wait()
+        code = worker.wait() if worker else 0
     if code != 0:
-        raise RerouteError(f"the ONNX Runtime worker process failed (exit status {code}; its error is above)")
-    ort, _ = run_backends(args, loaded, data, max_new_tokens, store, ["onnxruntime"], resume=True)  # all saved
-    worker_timings = store.load_extra("timings")
-    timings["export_s"] = worker_timings["export_s"]
-    timings["reused_from_earlier_run"] += worker_timings["reused_from_earlier_run"]
-    return results + ort, timings
+        raise RerouteError(f"the worker process failed (exit status {code}; its error is above)")
+    if worker:
+        done = {r.label: r for r in results} | store.finished([c.label for c in configs if c.label in theirs])
+        results = [done[c.label] for c in configs]
+    return results, {"export_s": export_s, "reused_from_earlier_run": sorted(finished)}
 
 
 def draw_maps(args, loaded, data, results, out_dir: Path) -> list[dict]:
@@ -188,7 +213,7 @@ def parse_args(argv):
                    help="re-render BENCHMARKS.md beside it with the accuracy section ('' to leave it alone)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the configs an interrupted run with identical inputs finished (the page says which)")
-    p.add_argument("--jobs", type=int, default=2, help="2: ONNX Runtime in a second process beside torch")
+    p.add_argument("--jobs", type=int, default=2, help="2: a second single-threaded process runs part of the configs")
     p.add_argument("--results-only", action="store_true", help=argparse.SUPPRESS)  # the --jobs 2 worker
     args = p.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])

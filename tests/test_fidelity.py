@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from exporter.samples import synthetic_image
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -117,17 +120,40 @@ def test_benchmarks_accuracy_section():
     assert accuracy_section(report, None) == []
 
 
-def test_fidelity_report_end_to_end(data_dir, tmp_path):
-    """The script on llava-tiny (random weights: formats and agreement, not accuracy), two configs x two
-    backends, 2 items: page, json, plot and BENCHMARKS.md's accuracy section written."""
+def _script():
     import importlib.util
-    import shutil
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("fidelity_report", root / "scripts" / "fidelity_report.py")
+    spec = importlib.util.spec_from_file_location("fidelity_report", ROOT / "scripts" / "fidelity_report.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_configs_split_by_expected_time():
+    from types import SimpleNamespace
+
+    def config(label, backend, flops):
+        return SimpleNamespace(label=label, backend_name=backend, costs=lambda: {"flops_ratio": flops})
+
+    configs = [config("none torch", "torch", 1.0), config("none ort", "onnxruntime", 1.0)]
+    configs += [config(f"r{i} {b}", b, 0.1) for i in range(4) for b in ("torch", "onnxruntime")]
+    a, b = _script().split_configs(configs, 2)
+    assert a | b == {c.label for c in configs} and not a & b
+    assert "none torch" in a and "none ort" in b  # the two dearest apart
+    # torch unrouted (63) + ... vs ORT unrouted (28.5) + ...: the loads end within one routed config
+    cost = {"torch": lambda f: 3 + 60 * f, "onnxruntime": lambda f: 4.5 + 24 * f}
+    loads = [sum(cost[c.backend_name](c.costs()["flops_ratio"]) for c in configs if c.label in part)
+             for part in (a, b)]
+    assert abs(loads[0] - loads[1]) <= 9
+
+
+def test_fidelity_report_end_to_end(data_dir, tmp_path):
+    """The script on llava-tiny (random weights: formats and agreement, not accuracy), two configs x two
+    backends, 2 items, two processes: page, json, plot and BENCHMARKS.md's accuracy section written."""
+    import shutil
+
+    script = _script()
+    root = ROOT
     docs = tmp_path / "docs"
     docs.mkdir()
     shutil.copy(root / "docs" / "bench_results.json", docs)
