@@ -37,10 +37,12 @@ PRESETS = {
     },
     "llava-grounding": {
         "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=32, num_attention_heads=4,
-                     num_key_value_heads=4, vocab_size=512),
-        "vision": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2),
+                     num_key_value_heads=4, vocab_size=640),
+        "vision": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4),
         "seed": 0,
-        # trained by scripts/train_grounding.py (issue 14); 6.5 MB of fp32, so it ships in the repo
+        # one token per task word and per coordinate (exporter/word_tokenizer.py): short sequences to train on
+        "tokenizer": "words",
+        # trained by scripts/train_grounding.py (issue 14); small enough fp32 to ship in the repo
         "weights": "assets/llava-grounding/model.safetensors",
         "description": "LLaVA-1.5 structure trained here on the synthetic grounding task (scripts/train_grounding.py)",
     },
@@ -100,7 +102,21 @@ def _fill_unused(vocab: dict, size: int) -> None:
         vocab[f"<extra_{len(vocab)}>"] = len(vocab)
 
 
-def build_processor(vocab_size: int, image_token_id: int | None = None):
+def preset_tokenizer(name: str):
+    """A preset's tokenizer: the character-level one, or the task-word one where the preset asks for it."""
+    spec = PRESETS[name]
+    if spec.get("tokenizer") == "words":
+        from .word_tokenizer import build_word_tokenizer
+
+        return build_word_tokenizer(spec["text"]["vocab_size"])
+    return build_tokenizer(spec["text"]["vocab_size"])
+
+
+def preset_processor(name: str):
+    return build_processor(PRESETS[name]["text"]["vocab_size"], tokenizer=preset_tokenizer(name))
+
+
+def build_processor(vocab_size: int, image_token_id: int | None = None, tokenizer=None):
     from transformers import CLIPImageProcessorPil, LlavaProcessor
 
     image_processor = CLIPImageProcessorPil(
@@ -108,7 +124,8 @@ def build_processor(vocab_size: int, image_token_id: int | None = None):
         do_center_crop=True, do_resize=True, do_normalize=True,
     )
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=build_tokenizer(vocab_size, image_token_id), patch_size=14,
+        image_processor=image_processor, tokenizer=tokenizer or build_tokenizer(vocab_size, image_token_id),
+        patch_size=14,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
@@ -137,8 +154,7 @@ def seeded_init(model: torch.nn.Module, seed: int) -> None:
 
 def preset_config(name: str):
     spec = PRESETS[name]
-    vocab = spec["text"]["vocab_size"]
-    tok = build_tokenizer(vocab)
+    tok = preset_tokenizer(name)
     return llava_config(spec["text"], spec["vision"], image_token_id=tok.convert_tokens_to_ids("<image>"),
                         pad_token_id=tok.pad_token_id)
 
@@ -154,7 +170,7 @@ def build_preset(name: str):
         _load_trained(model, name, spec["weights"])
     else:
         seeded_init(model, spec["seed"])
-    return model.eval(), build_processor(spec["text"]["vocab_size"])
+    return model.eval(), preset_processor(name)
 
 
 def _load_trained(model: torch.nn.Module, name: str, relative: str) -> None:

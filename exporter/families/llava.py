@@ -46,9 +46,9 @@ class LlavaFamily(Family):
         return PRESETS[name]["seed"]
 
     def preset_processor(self, name: str):
-        from ..presets import PRESETS, build_processor
+        from ..presets import preset_processor
 
-        return build_processor(PRESETS[name]["text"]["vocab_size"])
+        return preset_processor(name)
 
     def decoder_config(self, config) -> DecoderConfig:
         """Text-model dimensions read through optimum's normalized configs."""
