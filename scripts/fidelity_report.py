@@ -88,7 +88,7 @@ def build_configs(args, loaded) -> tuple[list, dict]:
     methods, ratios = args.method_list, args.ratio_values
     configs, export_s = [], {}
     if "torch" in args.backend_list:
-        configs += model_configs(args.model, methods, ratios)
+        configs += model_configs(args.model, args.torch_methods or methods, args.torch_ratio_values or ratios)
     if "onnxruntime" in args.backend_list:
         pairs = [(m, r) for m in methods for r in ([1.0] if m == "none" else ratios)]
         weights_key = hashlib.sha256(f"{json.dumps(args.weights, sort_keys=True)} {args.batch_size}".encode())
@@ -175,6 +175,7 @@ def draw_maps(args, loaded, data, results, out_dir: Path) -> list[dict]:
 
 def run_info(args, started: float, load_before) -> dict:
     return {"methods": args.method_list, "backends": args.backend_list, "maps": args.maps,
+            "torch_methods": args.torch_methods, "torch_ratios": args.torch_ratios,
             "ratio_labels": [str(Fraction(r).limit_denominator(100)) for r in args.ratio_values],
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "wall_s": round(time.perf_counter() - started, 1),
@@ -201,6 +202,8 @@ def parse_args(argv):
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     p.add_argument("--ratios", default="1/3,2/9,1/9")
     p.add_argument("--backends", default="torch,onnxruntime")
+    p.add_argument("--torch-methods", help="torch runs only these methods (default: --methods); the page says so")
+    p.add_argument("--torch-ratios", help="torch runs only these ratios (default: --ratios); the page says so")
     p.add_argument("--limit", type=int, help="only the first N items (the issue asks for >= 500 per kind)")
     p.add_argument("--batch-size", type=int, default=16, help="items per batch (equal prompt lengths)")
     p.add_argument("--maps", type=int, default=2, help="items per routing-map group")
@@ -219,6 +222,8 @@ def parse_args(argv):
     args.argv = list(argv if argv is not None else sys.argv[1:])
     args.method_list, args.backend_list = args.methods.split(","), args.backends.split(",")
     args.ratio_values = ratio_list(args.ratios)
+    args.torch_methods = args.torch_methods.split(",") if args.torch_methods else None
+    args.torch_ratio_values = ratio_list(args.torch_ratios) if args.torch_ratios else None
     return args
 
 
