@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", help="render the report from an existing results file, without running")
     p.add_argument("--add-model-json", help="a `reroute bench --out` result of another model: merged into "
                                             "docs/bench_results.json as a further section, then re-rendered")
+    p.add_argument("--fidelity-json", default=str(ROOT / "docs" / "fidelity_results.json"),
+                   help="accuracy shown beside latency (scripts/fidelity_report.py writes it; '' for none)")
     p.add_argument("--readme", default=str(ROOT / "README.md"),
                    help="README whose bench-headline block is rewritten ('' to leave it alone)")
     p.add_argument("--quiet", action="store_true")
@@ -78,7 +80,9 @@ def main(argv=None) -> int:
         report["command"] = command.strip()
         report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         write_json(report, docs / "bench_results.json")
-    atomic_write_text(docs / "BENCHMARKS.md", render(report, docs, args.target_ratio))
+    fidelity = Path(args.fidelity_json) if args.fidelity_json else None
+    accuracy = json.loads(fidelity.read_text()) if fidelity and fidelity.is_file() else None
+    atomic_write_text(docs / "BENCHMARKS.md", render(report, docs, args.target_ratio, accuracy=accuracy))
     print(f"wrote {docs / 'BENCHMARKS.md'}, {docs / 'img'}, {docs / 'bench_results.json'}")
     if args.readme:
         if update_readme(Path(args.readme), readme_headline(report, args.target_ratio)):

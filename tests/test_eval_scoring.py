@@ -185,11 +185,44 @@ def test_progress_live_line_and_plain_lines():
         progress.advance(2)
         progress.finish()
     assert "\r" in live.getvalue() and "[1/2] pdrop r=0.1111 torch: 2/4 items" in live.getvalue()
-    assert plain.getvalue().count("\n") == 1 and "\r" not in plain.getvalue()  # one line per config in a log
+    lines = plain.getvalue().splitlines()  # a log: whole lines (half-way, closing), no carriage return
+    assert len(lines) == 2 and all(x.startswith("[1/2] pdrop r=0.1111 torch: 2/4 items") for x in lines)
+    assert "\r" not in plain.getvalue() and "\033" not in plain.getvalue()
     quiet = io.StringIO()
     progress = ItemProgress(1, 1, quiet=True, stream=quiet)
     progress.start("x"), progress.advance(1), progress.finish()
     assert quiet.getvalue() == ""
+
+
+def test_progress_plain_lines_every_tenth_or_30_seconds():
+    """Not a terminal: a line per 10% of the items, or after 30 s without one, and a closing line."""
+    import io
+
+    from exporter.evaluation.progress import ItemProgress
+
+    now = [0.0]
+    stream = io.StringIO()
+    progress = ItemProgress(1, 100, stream=stream, clock=lambda: now[0])
+    progress.start("reroute r=0.1111 onnxruntime")
+    assert stream.getvalue() == ""  # nothing before the first item
+    for _ in range(25):  # 4 items per second: 10% every 2.5 s
+        now[0] += 1.0
+        progress.advance(4)
+    now[0] += 1.0
+    progress.finish()
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and "\033" not in stream.getvalue()
+    done = [int(line.split(": ")[1].split("/")[0]) for line in lines]
+    assert done == [12, 20, 32, 40, 52, 60, 72, 80, 92, 100]  # first batch past each tenth, then the closing line
+    assert lines[-1].endswith("in 26.0 s") and lines[3].startswith("[1/1] reroute r=0.1111 onnxruntime: 40/100")
+
+    slow, now[0] = io.StringIO(), 0.0
+    progress = ItemProgress(1, 1000, stream=slow, clock=lambda: now[0])
+    progress.start("none r=1.0000 torch")
+    for _ in range(7):  # 1 item per 10 s: 10% is hours away, so a line every 30 s
+        now[0] += 10.0
+        progress.advance(1)
+    assert [int(x.split(": ")[1].split("/")[0]) for x in slow.getvalue().splitlines()] == [3, 6]
 
 
 def test_markdown_report_and_plot(dataset_dir, tmp_path):

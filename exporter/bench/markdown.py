@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .accuracy import accuracy_section
 from .analysis import analysis
 from .markdown_models import model_sections
 from .common import BASELINE, ratio_label
@@ -12,7 +13,8 @@ from .tables import METHOD_ORDER, atomic_write_text, _fmt_ms, _profile, _rows, _
 from .targets import evaluate_targets
 
 
-def render(report, docs: Path, target_ratio: float) -> str:
+def render(report, docs: Path, target_ratio: float, accuracy: dict | None = None) -> str:
+    """The page; ``accuracy``: docs/fidelity_results.json (scripts/fidelity_report.py), shown beside latency."""
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     plot_latency_vs_ratio(report, img / "latency_vs_ratio.png")
@@ -194,6 +196,7 @@ def render(report, docs: Path, target_ratio: float) -> str:
         L += ["Skipped: " + "; ".join(f"{x['method']} at {ratio_label(x['ratio'])} ({x['reason']})"
                                       for x in report["skipped"]), ""]
     L += model_sections(report)  # further models (e.g. Qwen2.5-VL), each from its own run
+    L += accuracy_section(report, accuracy)
     L += ["## Reproduce", "", "```bash", report.get("command", "python scripts/bench_report.py"), "```", ""]
     return "\n".join(L)
 
