@@ -9,7 +9,8 @@ from exporter.parity import format_report
 
 
 def _pool_input_types(path) -> set[int]:
-    """Element types of the data inputs (x, compact) of every PoolGather / PoolScatter in prefill."""
+    """Element types of the data inputs (x, compact) of every PoolGather / PoolScatter in prefill; the
+    int64 position ids the routed tokens gather (per-sample positions, artifact format 2) are left out."""
     model = onnx.load(str(path / "prefill.onnx"), load_external_data=False)
     inferred = onnx.shape_inference.infer_shapes(model).graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
@@ -17,7 +18,7 @@ def _pool_input_types(path) -> set[int]:
     for node in model.graph.node:
         if node.op_type == "PoolScatter":
             found |= {types[node.input[0]], types[node.input[1]]}
-        elif node.op_type == "PoolGather" and not node.input[0].startswith("/rotary"):
+        elif node.op_type == "PoolGather" and types[node.input[0]] != onnx.TensorProto.INT64:
             found.add(types[node.input[0]])
     return found
 

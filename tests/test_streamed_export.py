@@ -92,7 +92,9 @@ def test_streamed_graphs_equal_the_constant_folded_ones(tmp_path, dtype):
     assert [i.name for i in ours.graph.input] == [i.name for i in ref.graph.input]
     np_dtype = np.float16 if dtype == "fp16" else np.float32
     feeds = {"inputs_embeds": np.random.default_rng(0).standard_normal((1, 600, 64)).astype(np_dtype),
-             "visual_start": np.array([5], dtype=np.int64)}
+             "visual_start": np.array([5], dtype=np.int64),
+             "position_ids": np.arange(600, dtype=np.int64)[None],  # [1, 600], no padding
+             "attention_mask": np.ones((1, 600), dtype=np.int64)}
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)  # noqa: E731
     for a, b in zip(run(path / "prefill.onnx"), run(tmp_path / "ref.onnx")):
         np.testing.assert_array_equal(a, b)
