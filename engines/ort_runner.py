@@ -34,16 +34,13 @@ class OrtBackend(SessionBackend):
         self.sessions: dict = {}
         self._open_all(graphs)
 
-    def _session(self, graph: str):
-        if graph not in self.sessions:
-            self.sessions[graph] = make_session(self.artifact.graph_path(graph), self.providers, self.threads,
-                                                self.options)
-        return self.sessions[graph]
-
     def _open(self, graph: str):
+        """A new session (kept in ``sessions`` while its runner is open) and a runner over it."""
         from polygraphy.backend.onnxrt import OnnxrtRunner
 
-        return OnnxrtRunner(self._session(graph), name=f"ort-{graph}")
+        self.sessions[graph] = make_session(self.artifact.graph_path(graph), self.providers, self.threads,
+                                            self.options)
+        return OnnxrtRunner(self.sessions[graph], name=f"ort-{graph}")
 
     def _forget(self, graph: str) -> None:
         self.sessions.pop(graph, None)

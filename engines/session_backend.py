@@ -49,13 +49,17 @@ class SessionBackend:
     def _runner(self, graph: str):
         """The active runner of ``graph``; in low-memory mode its weight-sharing sibling is closed first."""
         if graph not in self.runners:
-            if self.low_memory and graph in WEIGHT_SHARING:
-                for other in WEIGHT_SHARING:
-                    self._close_one(other)
+            self._make_room_for(graph)
             runner = self._open(graph)
             runner.activate()
             self.runners[graph] = runner
         return self.runners[graph]
+
+    def _make_room_for(self, graph: str) -> None:
+        """Low-memory mode: close the decoder graphs before ``graph``, one of them, opens."""
+        if self.low_memory and graph in WEIGHT_SHARING:
+            for other in WEIGHT_SHARING:
+                self._close_one(other)
 
     def _close_one(self, graph: str) -> None:
         runner = self.runners.pop(graph, None)

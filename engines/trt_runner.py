@@ -7,7 +7,7 @@ import ctypes
 from .errors import RerouteError
 
 from .plugins import default_library_path
-from .session_backend import GRAPH_NAMES, WEIGHT_SHARING, SessionBackend
+from .session_backend import GRAPH_NAMES, SessionBackend
 from .trt_build import engine_dir
 
 
@@ -38,7 +38,5 @@ class TrtBackend(SessionBackend):  # pragma: no cover - needs TensorRT and a GPU
 
     def comparator_runner(self, graph: str):
         """A second runner over the engine: in low-memory mode the open ones of the decoder go first."""
-        if self.low_memory and graph in WEIGHT_SHARING:
-            for other in WEIGHT_SHARING:
-                self._close_one(other)
+        self._make_room_for(graph)
         return self._open(graph)
