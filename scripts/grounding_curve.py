@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 VISION = ("step", "loss", "box_within_1", "colour_acc", "shape_acc", "seconds", "load")
-DECODER = ("step", "loss", "val_loss", "val_token_acc", "val_grounding_acc", "val_vqa_acc", "seconds", "load")
+DECODER = ("phase", "step", "loss", "focus", "val_loss", "val_token_acc", "val_grounding_acc", "val_vqa_acc", "seconds",
+           "load")
 
 
 def table(rows: list[dict], columns: tuple[str, ...]) -> str:
@@ -19,18 +20,20 @@ def table(rows: list[dict], columns: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-def curve(log: Path, vision_every: int = 100) -> str:
+def curve(log: Path, vision_every: int = 200) -> str:
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     vision = [r for r in records if r["phase"] == "vision"]
     vision = [r for i, r in enumerate(vision) if r["step"] % vision_every == 0 or i == len(vision) - 1]
-    decoder = [r for r in records if r["phase"] == "decoder" and "val_loss" in r]
+    # the shallow decoder's and the grown 32-layer decoder's evaluations, the growth's own check between
+    decoder = [r for r in records if r["phase"] in ("shallow", "grown", "decoder") and "val_loss" in r]
     start = next(r for r in records if r["phase"] == "start")
     end = records[-1]
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in start["args"].items() if k != "out")
     return "\n\n".join([
         f"Run: `{args}`; {end['seconds']:.0f} s in all, last phase `{end['phase']}`.",
         "Vision phase (training batch; accuracies on the objects' patches):\n\n" + table(vision, VISION),
-        "Decoder phase (evaluations; generation accuracy on the val split's first items):\n\n"
+        "Decoder phases (evaluations; `shallow`: the first layers alone, `grown`: right after the growth to 32 "
+        "layers, `decoder`: all 32 layers training; generation accuracy on the val split's first items):\n\n"
         + table(decoder, DECODER),
     ])
 

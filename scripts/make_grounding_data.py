@@ -49,6 +49,7 @@ class Shape:
     colour: str
     shape: str
     box: tuple[int, int, int, int]  # pixel box of the drawn pixels, x1/y1 exclusive
+    square: tuple[int, int, int]  # (x, y, size) the shape was drawn in
 
     def normalised(self, digits: int) -> list[float]:
         return [round(v / SIZE, digits) for v in self.box]
@@ -83,6 +84,11 @@ def shape_mask(shape: str, x: int, y: int, size: int) -> np.ndarray:
     return np.asarray(canvas, dtype=bool)
 
 
+def painted_mask(shape: Shape) -> np.ndarray:
+    """[SIZE, SIZE] bool: the pixels of the picture this shape paints (shapes never overlap)."""
+    return shape_mask(shape.shape, *shape.square)
+
+
 def _background(rng, draw) -> None:
     """Muted clutter: low-saturation strokes, rectangles and dots that never reach the shapes' colours."""
     for _ in range(int(rng.integers(60, 120))):
@@ -106,7 +112,7 @@ def _place(rng, count: int) -> list[tuple[int, int, int]] | None:
     """Non-overlapping squares (x, y, size) of varied sizes, by rejection sampling; None when crowded."""
     placed: list[tuple[int, int, int]] = []
     for _ in range(200):
-        size = int(rng.integers(28, 85))
+        size = int(rng.integers(40, 91))  # >= ~3 patches a side: a shape the 14-px patches can resolve
         x, y = (int(v) for v in rng.integers(4, SIZE - size - 4, 2))
         if all(x + size + GAP <= px or px + ps + GAP <= x or y + size + GAP <= py or py + ps + GAP <= y
                for px, py, ps in placed):
@@ -134,7 +140,8 @@ def render_scene(rng):
         colour, kind = pairs[int(pick)]
         draw_shape(draw, kind, x, y, size, COLOURS[colour])
         ys, xs = np.nonzero(shape_mask(kind, x, y, size))
-        shapes.append(Shape(colour, kind, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)))
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        shapes.append(Shape(colour, kind, box, (x, y, size)))
     return image, shapes
 
 

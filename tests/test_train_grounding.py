@@ -40,23 +40,28 @@ def test_first_turn_is_the_eval_prompt_and_labels_cover_answers_only(train, proc
     config = presets.preset_config("llava-grounding")
     image, shapes, _ = train.grounding.scene(0, "train", 3)
     qa = dialogue.conversation(np.random.default_rng(1), shapes, 3)
-    ids, labels = dialogue.encode_conversation(processor.tokenizer, config.image_token_id, qa)
+    ids, labels, focus = dialogue.encode_conversation(processor.tokenizer, config.image_token_id, qa)
     prompt = chat_prompt(processor, qa[0][0])
     reference = processor(images=[image], text=[prompt], return_tensors="np")["input_ids"][0].tolist()
     assert ids[: len(reference)] == reference  # what eval feeds the model, token for token
     assert reference == dialogue.first_prompt(processor.tokenizer, config.image_token_id, qa[0][0])
     # the whole conversation is what the chat template writes for it, token for token
     messages = []
-    for turn, (question, answer) in enumerate(qa):
+    for turn, (question, answer, _) in enumerate(qa):
         content = [{"type": "image"}] * (turn == 0) + [{"type": "text", "text": question}]
         messages += [{"role": "user", "content": content},
                      {"role": "assistant", "content": [{"type": "text", "text": f" {answer}"}]}]
     text = processor.apply_chat_template(messages).replace(" ASSISTANT:  ", " ASSISTANT: ")
     templated = processor(images=[image], text=[text], return_tensors="np")["input_ids"][0].tolist()
     assert ids == templated
-    assert len(ids) == len(labels)
+    assert len(ids) == len(labels) == len(focus)
     answers = [t for t in labels if t != train.IGNORE]
-    expected = "".join(f" {a}</s>" for _, a in qa)
+    expected = "".join(f" {a}</s>" for _, a, _ in qa)
+    # each answer token's focus is its turn's object; nothing else has one
+    assert [f for f, t in zip(focus, labels) if t != train.IGNORE] == [
+        target for _, a, target in qa for _ in range(len(processor.tokenizer(f" {a}", add_special_tokens=False)
+                                                         ["input_ids"]) + 1)]
+    assert all(f == -1 for f, t in zip(focus, labels) if t == train.IGNORE)
     assert processor.tokenizer.decode(answers) == expected
     assert ids.count(config.image_token_id) == 576
 
@@ -66,8 +71,10 @@ def test_conversations_hold_every_grounding_and_open_with_both_kinds(train):
     for i in range(40):
         _, shapes, _ = train.grounding.scene(0, "train", i)
         qa = train.dialogue.conversation(np.random.default_rng(i), shapes, 4)
-        boxes = [a for _, a in qa if a.startswith("[")]
+        boxes = [a for _, a, _ in qa if a.startswith("[")]
         assert sorted(boxes) == sorted(train.dialogue.rec_box(s) for s in shapes)
+        for _, answer, target in qa:  # the turn's object is the one the answer is about
+            assert answer in (train.dialogue.rec_box(shapes[target]), shapes[target].colour, shapes[target].shape)
         assert len(qa) - len(boxes) <= 4 and len(set(qa)) == len(qa)
         firsts.add(qa[0][1].startswith("["))
     assert firsts == {True, False}
@@ -83,22 +90,21 @@ def test_rec_answers_are_the_data_scripts_and_score_right(train):
         assert score_answer(scored, answer).correct, answer
 
 
-def test_patch_targets_mark_the_patches_inside_each_box(train):
+def test_patch_targets_mark_the_patches_each_object_paints(train):
     _, shapes, _ = train.grounding.scene(0, "train", 5)
     colour, kind, box = train.dialogue.patch_targets(shapes)
-    inside = colour > 0
-    assert ((kind > 0) == inside).all()
-    centres = np.arange(24) * 14 + 7
-    expected = 0
-    for s in shapes:
-        x0, y0, x1, y1 = s.box
-        n = int(((centres >= x0) & (centres < x1)).sum() * ((centres >= y0) & (centres < y1)).sum())
-        expected += n
-        row, col = (y0 + y1) // 2 // 14, (x0 + x1) // 2 // 14
-        if x0 <= col * 14 + 7 < x1 and y0 <= row * 14 + 7 < y1:
-            # coordinate bins are the REC answer's two-decimal values x 100
-            assert [f"{v / 100:.2f}" for v in box[row * 24 + col]] == [f"{v:.2f}" for v in s.normalised(2)]
-    assert inside.sum() == expected
+    assert ((kind > 0) == (colour > 0)).all()
+    for n, s in enumerate(shapes):
+        painted = train.grounding.painted_mask(s)  # [336, 336]
+        share = painted.reshape(24, 14, 24, 14).mean(axis=(1, 3)).ravel()
+        mine = share >= train.dialogue.COVERAGE
+        assert mine.any() and (colour[mine] == list(train.grounding.COLOURS).index(s.colour) + 1).all()
+        assert (kind[mine] == list(train.grounding.SHAPES).index(s.shape) + 1).all()
+        # coordinate bins are the REC answer's two-decimal values x 100
+        assert all([f"{v / 100:.2f}" for v in b] == [f"{v:.2f}" for v in s.normalised(2)] for b in box[mine])
+        assert (train.dialogue.object_patches(shapes)[n] == mine).all()
+    everyone = np.logical_or.reduce(train.dialogue.object_patches(shapes))
+    assert ((colour > 0) == everyone).all()
 
 
 def test_tower_features_are_what_llava_projects(train):
@@ -111,14 +117,16 @@ def test_tower_features_are_what_llava_projects(train):
 
 
 def test_two_runs_write_identical_weights(train, tmp_path):
-    args = ["--vision-steps", "2", "--vision-batch", "1", "--steps", "2", "--batch", "1", "--questions", "1",
-            "--val-pictures", "1", "--val-items", "2", "--eval-every", "2"]
+    args = ["--pictures", "3", "--vision-steps", "2", "--vision-batch", "2", "--shallow-steps", "2", "--steps", "2",
+            "--batch", "2", "--questions", "1", "--val-pictures", "1", "--val-items", "2", "--eval-every", "2",
+            "--threads", "1"]
     for name in ("a", "b"):
         assert train.main(["--out", str(tmp_path / name), *args]) == 0
     a, b = (tmp_path / n / "model.safetensors" for n in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()
     log = (tmp_path / "a" / "train_log.jsonl").read_text()
     assert '"val_token_acc"' in log and '"val_grounding_acc"' in log and '"phase": "done"' in log
+    assert '"phase": "shallow"' in log and '"phase": "grown"' in log and '"focus"' in log
 
 
 def test_missing_trained_weights_is_one_clear_error(monkeypatch, tmp_path):
@@ -137,3 +145,36 @@ def test_trained_weights_load_into_the_preset(train, tmp_path, monkeypatch):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert (a == b).all(), name
     assert not loaded.training
+
+
+def test_growth_keeps_what_the_shallow_decoder_computes(train):
+    model = train.build_untrained(2).eval()
+    ids = torch.randint(3, 500, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), train.shallow(model, 4):
+        assert len(model.model.language_model.layers) == 4
+        before = model(input_ids=ids).logits
+    train.grow(model, 4)
+    layers = model.model.language_model.layers
+    assert len(layers) == 32 and [layer.self_attn.layer_idx for layer in layers] == list(range(32))
+    assert layers[9].self_attn.q_proj.weight.equal(layers[8].self_attn.q_proj.weight)  # copies keep the maps
+    assert not layers[9].self_attn.o_proj.weight.any() and layers[8].self_attn.o_proj.weight.any()
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_focus_probe_reads_the_heads_attention(train):
+    """The probe's log-probabilities are the layer's own attention weights (eager attention as reference)."""
+    model = train.build_untrained(4).eval()
+    model.config.text_config._attn_implementation = "eager"
+    ids = torch.randint(3, 500, (2, 30), generator=torch.Generator().manual_seed(1))
+    probe = train.FocusProbe(model.model.language_model.layers[1].self_attn, head=2)
+    rows, cols = torch.tensor([0, 1, 1]), torch.tensor([29, 5, 17])
+    probe.rows, probe.cols = rows, cols
+    with torch.no_grad():
+        weights = model.model.language_model(input_ids=ids, output_attentions=True).attentions[1]  # [B, H, T, T]
+    torch.testing.assert_close(probe.logp.exp(), weights[rows, 2, cols], rtol=0, atol=1e-6)
+    target = torch.zeros(3, 30, dtype=torch.bool)
+    target[0, :4] = target[1, 2] = True
+    expected = -torch.stack([weights[0, 2, 29, :4].sum().log(), weights[1, 2, 5, 2].log()]).mean()
+    torch.testing.assert_close(train.focus_loss(probe, target), expected, rtol=1e-5, atol=1e-6)
