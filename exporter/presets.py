@@ -168,25 +168,32 @@ def build_preset(name: str):
     config = preset_config(name)
     model = LlavaForConditionalGeneration(config)
     if "weights" in spec:
-        _load_trained(model, name, spec["weights"])
+        _load_trained(model, name)
     else:
         seeded_init(model, spec["seed"])
     return model.eval(), preset_processor(name)
 
 
-def _load_trained(model: torch.nn.Module, name: str, relative: str) -> None:
-    """Weights a training script wrote (a path relative to the repository root)."""
+def trained_weights(name: str):
+    """The safetensors file a training script wrote for preset ``name`` (None for seeded presets)."""
     from pathlib import Path
-
-    from safetensors.torch import load_file
 
     from engines.errors import RerouteError
 
+    relative = PRESETS.get(name, {}).get("weights")
+    if relative is None:
+        return None
     path = Path(__file__).resolve().parent.parent / relative
     if not path.is_file():
         raise RerouteError(f"preset {name!r} needs its trained weights at {path}: run "
                            f"scripts/train_grounding.py --out {path.parent}")
-    model.load_state_dict(load_file(str(path)), strict=True)
+    return path
+
+
+def _load_trained(model: torch.nn.Module, name: str) -> None:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(trained_weights(name))), strict=True)
 
 
 def llava_15_7b_config():

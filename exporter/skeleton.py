@@ -81,6 +81,20 @@ def parameter_sources(module: nn.Module, names: dict[int, str]) -> dict[str, str
     return {name: names[id(p)] for name, p in module.named_parameters() if id(p) in names}
 
 
+def preset_checkpoint(spec: str, config, seed: int, scratch: Path) -> Path:
+    """The folder holding preset ``spec``'s weights, for a streamed export or ``reroute verify``: the
+    folder of its trained file when it ships one (``llava-grounding``), else ``scratch``, created and
+    given the seeded weights (``write_preset_checkpoint``)."""
+    from .presets import trained_weights
+
+    trained = trained_weights(spec)
+    if trained is not None:
+        return trained.parent
+    scratch.mkdir()
+    write_preset_checkpoint(config, seed, scratch / "model.safetensors")
+    return scratch
+
+
 def write_preset_checkpoint(config, seed: int, path: Path) -> None:
     """The preset's seeded weights (exporter/presets.py ``seeded_init``), fp32, written one tensor at a time.
 

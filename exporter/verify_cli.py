@@ -20,7 +20,7 @@ def _weights_of(artifact_dir: str, against: str | None, scratch: Path):
     from engines.artifact import open_artifact
 
     from .models import load_config
-    from .skeleton import write_preset_checkpoint
+    from .skeleton import preset_checkpoint
 
     if against:
         return against, None
@@ -30,8 +30,7 @@ def _weights_of(artifact_dir: str, against: str | None, scratch: Path):
 
         spec = source[len("preset:"):]
         config = load_config(spec)
-        write_preset_checkpoint(config, PRESETS[spec]["seed"], scratch / "model.safetensors")
-        return str(scratch), config
+        return str(preset_checkpoint(spec, config, PRESETS[spec]["seed"], scratch / "preset")), config
     if not Path(source).is_dir():
         raise RerouteError(f"{artifact_dir} was exported from {source}, which is not here; pass --against DIR")
     return source, None

@@ -2,9 +2,10 @@
 
 Every route ends in the same two things: a stand-in model to trace
 (exporter/skeleton.py) and ``read(name)``, one parameter in the export dtype.
-Presets have no files, so their seeded weights are first written to a scratch
-safetensors file one tensor at a time; holding the preset model instead would
-cost its full fp32 size.
+Seeded presets have no files, so their weights are first written to a scratch
+safetensors file one tensor at a time (holding the preset model instead would
+cost its full fp32 size); a trained preset (``llava-grounding``) is read from
+the file it ships.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from .checkpoint_io import CheckpointReader
 from .models import LoadedModel, _kind, load_config, load_processor, weights_dir
 from .registry import family_of
-from .skeleton import stand_in_model, write_preset_checkpoint
+from .skeleton import preset_checkpoint, stand_in_model
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 _HALF = {torch.float16, torch.bfloat16}
@@ -63,11 +64,10 @@ def open_source(spec: str, dtype_flag: str, scratch_parent: Path, loaded: Loaded
         return WeightSource(LoadedModel(loaded.spec, loaded.source, model, loaded.processor), names, read)
     config = config or load_config(spec)
     directory, scratch = weights_dir(spec), None
-    if directory is None:  # a preset: write its seeded weights once, tensor by tensor
+    if directory is None:  # a preset: its trained file, or its seeded weights written once, tensor by tensor
         scratch = Path(scratch_parent) / ".weights"
-        scratch.mkdir()
-        write_preset_checkpoint(config, family_of(config).preset_seed(spec), scratch / "model.safetensors")
-        reader, source = CheckpointReader(scratch), f"preset:{spec}"
+        folder = preset_checkpoint(spec, config, family_of(config).preset_seed(spec), scratch)
+        reader, source = CheckpointReader(folder), f"preset:{spec}"
     else:
         reader, source = CheckpointReader(directory), str(directory)
     model, names = stand_in_model(config, dtype)

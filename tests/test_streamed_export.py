@@ -32,6 +32,25 @@ def test_preset_checkpoint_streams_the_seeded_weights(tmp_path):
         np.testing.assert_array_equal(reader.read(key), value.numpy(), err_msg=key)
 
 
+def test_a_trained_preset_exports_the_weights_it_ships(tmp_path):
+    """llava-grounding's export and ``reroute verify`` read its trained file, not seeded weights (they did:
+    the exported model then answered nothing like the preset)."""
+    from exporter.skeleton import preset_checkpoint
+    from exporter.weight_source import open_source
+
+    model, _ = build_preset("llava-grounding")
+    source = open_source("llava-grounding", "fp32", tmp_path)
+    try:
+        for name, p in model.named_parameters():
+            assert np.array_equal(source.read(name), p.detach().numpy()), name
+    finally:
+        source.close()
+    folder = preset_checkpoint("llava-grounding", model.config, 0, tmp_path / "unused")
+    assert (folder / "model.safetensors").samefile(Path(__file__).resolve().parents[1] / "assets" /
+                                                   "llava-grounding" / "model.safetensors")
+    assert not (tmp_path / "unused").exists()
+
+
 def test_reader_resolves_llava_hf_key_names(tmp_path):
     from exporter.checkpoint_io import StreamingWriter
 
