@@ -30,6 +30,7 @@ def test_readme_main_job_answers_the_grounding_question(capsys, tmp_path):
     out = tmp_path / "artifact"
     export = [str(out) if a == export[export.index("--out") + 1] else a for a in export]
     assert main([*export, "--parity-samples", "0", "--quiet"]) == 0  # the README's job checks parity too
+    assert main(["verify", str(out)]) == 0  # the artifact holds the trained weights, not the seeded ones
     generate = [str(out) if a == generate[generate.index("--artifact") + 1] else a for a in generate]
     generate = [str(ROOT / a) if a.startswith("assets/") else a for a in generate]
     capsys.readouterr()
