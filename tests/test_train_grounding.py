@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -178,3 +179,18 @@ def test_focus_probe_reads_the_heads_attention(train):
     target[0, :4] = target[1, 2] = True
     expected = -torch.stack([weights[0, 2, 29, :4].sum().log(), weights[1, 2, 5, 2].log()]).mean()
     torch.testing.assert_close(train.focus_loss(probe, target), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_grounding_analysis_counts_the_eval_misses(train, tmp_path):
+    spec = importlib.util.spec_from_file_location("grounding_analysis", SCRIPTS / "grounding_analysis.py")
+    analysis = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(analysis)
+    items = [{"kind": "grounding", "correct": True, "iou": 0.8}, {"kind": "grounding", "correct": False, "iou": 0.0},
+             {"kind": "grounding", "correct": False, "iou": 0.3}, {"kind": "grounding", "correct": False, "iou": None},
+             {"kind": "vqa", "correct": False}]
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"configs": [{"items": items, "unparseable_boxes": 1}]}))
+    assert analysis.eval_misses(report) == {"grounding": 4, "misses": 3, "misses_iou_0": 1, "misses_loose": 1,
+                                            "unparseable": 1, "median_iou": 0.3}
+    norms = analysis.layer_norms(train.build_untrained(0))
+    assert len(norms) == 32 and all(n["o_proj"] > 0 for n in norms)
